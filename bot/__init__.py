@@ -1,0 +1,3 @@
+"""backupbot: keeps a PostgreSQL database safe."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,332 @@
+"""Settings from the environment, an optional .env file and an optional TOML file of targets.
+
+Validated once at start-up into a frozen object; a bad value is reported as
+``invalid configuration: <what> (<where>)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.core.redact import register_secret
+from bot.errors import ConfigError
+
+DEFAULT_TARGET = "default"
+SLACK_API_DEFAULT = "https://slack.com/api/"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One database we back up."""
+
+    name: str
+    database_url: str = field(repr=False)
+    profile: str = "auto"  # auto | supabase | plain
+    schedule: str = "0 2 * * *"
+    exclude_schemas: tuple[str, ...] | None = None  # None: the profile's default list
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 3
+    min_verified: int = 3
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: str | None = None  # None | AES256 | aws:kms
+    kms_key_id: str | None = None
+    part_size: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncryptionSettings:
+    recipients: tuple[str, ...] = ()  # age public keys (age1...)
+    identity_file: Path | None = None  # age secret key(s) used to decrypt for verify/restore
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str | None = field(default=None, repr=False)
+    signing_secret: str | None = field(default=None, repr=False)
+    app_token: str | None = field(default=None, repr=False)
+    channel: str | None = None
+    api_url: str = SLACK_API_DEFAULT
+    alert_mentions: tuple[str, ...] = ()
+    runbook_url: str | None = None
+    operators: tuple[str, ...] = ()
+    allowed_channels: tuple[str, ...] = ()
+    restore_requesters: tuple[str, ...] | None = None  # None: same as operators
+    restore_approvers: tuple[str, ...] = ()
+    restore_approval_ttl_minutes: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    targets: Mapping[str, Target]
+    default_target: str
+    backup_dir: Path
+    catalog_path: Path
+    s3: S3Settings | None = None
+    retention: RetentionPolicy = RetentionPolicy()
+    encryption: EncryptionSettings = EncryptionSettings()
+    compression_level: int = 3
+    compression_threads: int = 0  # 0: zstd's default single-threaded
+    exact_count_max_rows: int = 1_000_000
+    timezone: str = "UTC"
+    pg_bindir: Path | None = None
+    post_restore_command: str | None = None
+    slack: SlackSettings = SlackSettings()
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)  # raw values, for later features
+
+    def target(self, name: str | None) -> Target:
+        from bot.errors import NotFound
+
+        key = name or self.default_target
+        try:
+            return self.targets[key]
+        except KeyError:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise NotFound(f"unknown target {key!r} (known targets: {known})") from None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a .env file: KEY=VALUE lines, optional quotes, # comments, optional 'export '."""
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f"line {lineno} is not KEY=VALUE", str(path))
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def _csv(raw: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (raw or "").split(",") if x.strip())
+
+
+class _Reader:
+    """Typed access to the merged raw values, with error messages naming the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, key: str, default: str | None = None) -> str | None:
+        value = self.env.get(key)
+        return value if value not in (None, "") else default
+
+    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+        raw = self.str(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{key} must be a whole number, got {raw!r}", key) from None
+        if value < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, got {value}", key)
+        return value
+
+    def path(self, key: str, default: str) -> Path:
+        return Path(self.str(key, default) or default).expanduser()
+
+
+def _check_url(url: str, where: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        raise ConfigError("not a valid PostgreSQL connection URL", where) from None
+
+
+def _targets_from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Target], str | None]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", f"BACKUPBOT_CONFIG={path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", str(path)) from None
+    targets: dict[str, Target] = {}
+    for name, spec in (data.get("targets") or {}).items():
+        where = f"{path} [targets.{name}]"
+        if not isinstance(spec, dict):
+            raise ConfigError("must be a table", where)
+        url = spec.get("database_url")
+        if url is None and "database_url_env" in spec:
+            url = env.get(spec["database_url_env"])
+            if not url:
+                raise ConfigError(f"{spec['database_url_env']} is not set", where)
+        if not url:
+            raise ConfigError("needs database_url or database_url_env", where)
+        _check_url(url, where)
+        profile = spec.get("profile", "auto")
+        if profile not in ("auto", "supabase", "plain"):
+            raise ConfigError(f"profile must be auto, supabase or plain, got {profile!r}", where)
+        excl = spec.get("exclude_schemas")
+        targets[name] = Target(
+            name=name,
+            database_url=url,
+            profile=profile,
+            schedule=spec.get("schedule", env.get("BACKUP_SCHEDULE") or "0 2 * * *"),
+            exclude_schemas=tuple(excl) if excl is not None else None,
+        )
+    return targets, data.get("default_target")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Merge .env (lower priority) and the environment, validate, and return frozen settings."""
+    env: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        env.update(read_env_file(Path(env_file)))
+    env.update(os.environ if environ is None else environ)
+    r = _Reader(env)
+
+    targets: dict[str, Target] = {}
+    default_target: str | None = None
+    config_file = r.str("BACKUPBOT_CONFIG")
+    if config_file:
+        targets, default_target = _targets_from_file(Path(config_file), env)
+    url = r.str("DATABASE_URL")
+    if url:
+        _check_url(url, "DATABASE_URL")
+        name = r.str("BACKUP_TARGET", DEFAULT_TARGET) or DEFAULT_TARGET
+        profile = r.str("BACKUP_PROFILE", "auto") or "auto"
+        if profile not in ("auto", "supabase", "plain"):
+            raise ConfigError(f"must be auto, supabase or plain, got {profile!r}", "BACKUP_PROFILE")
+        excl = r.str("EXCLUDE_SCHEMAS")
+        targets.setdefault(
+            name,
+            Target(
+                name=name,
+                database_url=url,
+                profile=profile,
+                schedule=r.str("BACKUP_SCHEDULE", "0 2 * * *") or "0 2 * * *",
+                exclude_schemas=_csv(excl) if excl is not None else None,
+            ),
+        )
+        default_target = default_target or name
+    if not targets:
+        raise ConfigError("DATABASE_URL is not set (or give targets in BACKUPBOT_CONFIG)", "DATABASE_URL")
+    default_target = r.str("BACKUP_DEFAULT_TARGET", default_target) or next(iter(targets))
+    if default_target not in targets:
+        raise ConfigError(f"default target {default_target!r} is not defined", "BACKUP_DEFAULT_TARGET")
+    for t in targets.values():
+        _register_url_password(t.database_url)
+
+    s3 = None
+    bucket = r.str("S3_BUCKET")
+    if bucket:
+        sse = r.str("S3_SSE")
+        if sse not in (None, "AES256", "aws:kms"):
+            raise ConfigError(f"must be AES256 or aws:kms, got {sse!r}", "S3_SSE")
+        s3 = S3Settings(
+            bucket=bucket,
+            prefix=(r.str("S3_PREFIX", "") or "").strip("/"),
+            endpoint_url=r.str("S3_ENDPOINT_URL"),
+            region=r.str("S3_REGION") or r.str("AWS_DEFAULT_REGION") or r.str("AWS_REGION"),
+            sse=sse,
+            kms_key_id=r.str("S3_SSE_KMS_KEY_ID"),
+            part_size=r.int("S3_PART_SIZE_MB", 16, minimum=5) * 1024 * 1024,
+        )
+    register_secret(r.str("AWS_SECRET_ACCESS_KEY"))
+
+    recipients = _csv(r.str("ENCRYPTION_RECIPIENTS"))
+    for rec in recipients:
+        if not rec.startswith("age1"):
+            raise ConfigError("each recipient must be an age public key (age1...)", "ENCRYPTION_RECIPIENTS")
+    identity = r.str("AGE_IDENTITY_FILE")
+    encryption = EncryptionSettings(recipients=recipients, identity_file=Path(identity) if identity else None)
+
+    tz = r.str("BACKUP_TIMEZONE", "UTC") or "UTC"
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {tz!r}", "BACKUP_TIMEZONE") from None
+
+    level = r.int("COMPRESSION_LEVEL", 3, minimum=1)
+    if level > 19:
+        raise ConfigError("must be between 1 and 19", "COMPRESSION_LEVEL")
+
+    slack = SlackSettings(
+        bot_token=r.str("SLACK_BOT_TOKEN"),
+        signing_secret=r.str("SLACK_SIGNING_SECRET"),
+        app_token=r.str("SLACK_APP_TOKEN"),
+        channel=r.str("SLACK_CHANNEL"),
+        api_url=r.str("SLACK_API_URL", SLACK_API_DEFAULT) or SLACK_API_DEFAULT,
+        alert_mentions=_csv(r.str("ALERT_MENTIONS")),
+        runbook_url=r.str("RUNBOOK_URL"),
+        operators=_csv(r.str("BACKUP_OPERATORS")),
+        allowed_channels=_csv(r.str("ALLOWED_CHANNELS")),
+        restore_requesters=_csv(r.str("RESTORE_REQUESTERS")) if r.str("RESTORE_REQUESTERS") else None,
+        restore_approvers=_csv(r.str("RESTORE_APPROVERS")),
+        restore_approval_ttl_minutes=r.int("RESTORE_APPROVAL_TTL", 30, minimum=1),
+    )
+    for secret in (slack.bot_token, slack.signing_secret, slack.app_token):
+        register_secret(secret)
+    register_secret(r.str("SUPABASE_ACCESS_TOKEN"))
+
+    bindir = r.str("PG_BINDIR")
+    return Settings(
+        targets=targets,
+        default_target=default_target,
+        backup_dir=r.path("BACKUP_DIR", "./backups"),
+        catalog_path=r.path("BACKUPBOT_DB", "./backupbot.db"),
+        s3=s3,
+        retention=RetentionPolicy(
+            daily=r.int("RETENTION_DAILY", 7),
+            weekly=r.int("RETENTION_WEEKLY", 4),
+            monthly=r.int("RETENTION_MONTHLY", 3),
+            min_verified=r.int("RETENTION_MIN_VERIFIED", 3),
+        ),
+        encryption=encryption,
+        compression_level=level,
+        compression_threads=r.int("COMPRESSION_THREADS", 0),
+        exact_count_max_rows=r.int("EXACT_COUNT_MAX_ROWS", 1_000_000),
+        timezone=tz,
+        pg_bindir=Path(bindir) if bindir else None,
+        post_restore_command=r.str("POST_RESTORE_COMMAND"),
+        slack=slack,
+        extra=dict(env),
+    )
+
+
+def _register_url_password(url: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        register_secret(str(conninfo_to_dict(url).get("password") or ""))
+    except Exception:
+        pass

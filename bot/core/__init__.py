@@ -1,0 +1,1 @@
+"""The backup core: a library that never imports slack_bolt."""

@@ -1,0 +1,344 @@
+"""The catalog: backups, their copies, every run, and the audit log, in SQLite (sqlite-utils).
+
+A backup row exists only for a complete backup whose checksum is recorded; every attempt is a
+row in ``runs`` whatever its outcome. Schema changes are numbered migrations applied at open.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from bot.core.redact import redact
+from bot.errors import NotFound
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if dt else None
+
+
+def parse_iso(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(UTC)
+
+
+# -- migrations: append only; each runs once, in order, inside a transaction ------------------
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["backups"].create(
+        {
+            "id": str, "target": str, "status": str, "kind": str, "tags": str,
+            "created_at": str, "finished_at": str, "duration_s": float,
+            "size_bytes": int, "sha256": str, "compression": str, "encryption_key_id": str,
+            "server_version": str, "pg_dump_version": str, "database": str, "profile": str,
+            "object_key": str, "manifest": str, "verify_status": str, "verified_at": str,
+            "verify_error": str, "run_id": int,
+        },
+        pk="id",
+        not_null={"target", "status", "created_at", "sha256", "size_bytes"},
+    )
+    db["backups"].create_index(["target", "created_at"])
+    db["copies"].create(
+        {
+            "backup_id": str, "destination": str, "location": str, "status": str,
+            "size_bytes": int, "stored_at": str, "verified_at": str, "error": str,
+        },
+        pk=("backup_id", "destination"),
+        foreign_keys=[("backup_id", "backups", "id")],
+    )
+    db["runs"].create(
+        {
+            "id": int, "kind": str, "target": str, "status": str, "started_at": str,
+            "finished_at": str, "backup_id": str, "error": str, "actor": str, "source": str,
+            "details": str,
+        },
+        pk="id",
+    )
+    db["runs"].create_index(["target", "kind", "started_at"])
+    db["audit"].create(
+        {
+            "id": int, "at": str, "actor": str, "source": str, "action": str,
+            "target": str, "backup_id": str, "details": str,
+        },
+        pk="id",
+    )
+    db["audit"].create_index(["at"])
+
+
+def _m2_restores(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("rto_s", float)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_restores]
+
+
+@dataclass
+class Copy:
+    destination: str
+    location: str
+    status: str
+    size_bytes: int | None
+    stored_at: str | None = None
+    verified_at: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Backup:
+    id: str
+    target: str
+    status: str
+    kind: str
+    created_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    size_bytes: int
+    sha256: str
+    compression: str
+    encryption_key_id: str | None
+    server_version: str | None
+    pg_dump_version: str | None
+    database: str | None
+    profile: str | None
+    object_key: str
+    verify_status: str
+    verified_at: datetime | None
+    tags: frozenset[str] = frozenset()
+    copies: list[Copy] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return self.verify_status == "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "target": self.target,
+            "status": self.status,
+            "kind": self.kind,
+            "created_at": iso(self.created_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": self.duration_s,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "compression": self.compression,
+            "encrypted": bool(self.encryption_key_id),
+            "encryption_key_id": self.encryption_key_id,
+            "server_version": self.server_version,
+            "database": self.database,
+            "profile": self.profile,
+            "verify_status": self.verify_status,
+            "verified_at": iso(self.verified_at),
+            "tags": sorted(self.tags),
+            "copies": [
+                {"destination": c.destination, "location": c.location, "status": c.status,
+                 "size_bytes": c.size_bytes, "verified_at": c.verified_at, "error": c.error}
+                for c in self.copies
+            ],
+        }
+
+
+class Catalog:
+    """Thread-safe access to the catalog database (one connection, one lock)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self.migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def tx(self) -> Iterator[sqlite_utils.Database]:
+        """One IMMEDIATE transaction under the lock: compare-and-set needs it."""
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def migrate(self) -> int:
+        with self._lock:
+            if "schema_migrations" not in self.db.table_names():
+                self.db["schema_migrations"].create({"version": int, "applied_at": str}, pk="version")
+            done = {r["version"] for r in self.db["schema_migrations"].rows}
+            for version, step in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                with self.tx() as db:
+                    step(db)
+                    db["schema_migrations"].insert({"version": version, "applied_at": iso(utcnow())})
+            return len(MIGRATIONS)
+
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- runs -------------------------------------------------------------------------------
+    def start_run(self, kind: str, target: str | None, actor: str, source: str,
+                  details: dict[str, Any] | None = None) -> int:
+        with self.tx() as db:
+            table = db["runs"]
+            table.insert({
+                "kind": kind, "target": target, "status": "running", "started_at": iso(utcnow()),
+                "actor": actor, "source": source, "details": json.dumps(details or {}),
+            })
+            return int(table.last_pk)  # type: ignore[arg-type]
+
+    def finish_run(self, run_id: int, status: str, *, backup_id: str | None = None,
+                   error: str | None = None, details: dict[str, Any] | None = None,
+                   rto_s: float | None = None) -> None:
+        updates: dict[str, Any] = {"status": status, "finished_at": iso(utcnow())}
+        if backup_id:
+            updates["backup_id"] = backup_id
+        if error is not None:
+            updates["error"] = redact(error)[:4000]
+        if details is not None:
+            updates["details"] = json.dumps(details)
+        if rto_s is not None:
+            updates["rto_s"] = rto_s
+        with self.tx() as db:
+            db["runs"].update(run_id, updates)
+
+    def runs(self, *, kind: str | None = None, target: str | None = None, limit: int = 50,
+             status: str | None = None) -> list[dict[str, Any]]:
+        where, params = self._where(kind=kind, target=target, status=status)
+        return list(self.db.query(
+            f"SELECT * FROM runs {where} ORDER BY started_at DESC, id DESC LIMIT ?", [*params, limit]))
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        return rows[0]
+
+    def mark_abandoned_runs(self) -> int:
+        """Runs left 'running' by a crash are failures: say so instead of leaving them open."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='failed', finished_at=?, error='interrupted: backupbot stopped while this ran' "
+                "WHERE status='running'", [iso(utcnow())])
+            return cur.rowcount
+
+    # -- backups ----------------------------------------------------------------------------
+    def add_backup(self, row: dict[str, Any], copies: list[Copy]) -> None:
+        """Record a complete backup and its copies atomically."""
+        with self.tx() as db:
+            db["backups"].insert(row)
+            for c in copies:
+                db["copies"].insert({"backup_id": row["id"], **c.__dict__})
+
+    def get(self, backup_id: str) -> Backup:
+        rows = list(self.db.query("SELECT * FROM backups WHERE id = ?", [backup_id]))
+        if not rows or rows[0]["status"] == "deleted":
+            hint = " (it was deleted by retention)" if rows else ""
+            raise NotFound(f"no backup with id {backup_id!r}{hint}; `backupbot list` shows the ids")
+        return self._backup(rows[0])
+
+    def list(self, *, target: str | None = None, limit: int | None = None,
+             include_deleted: bool = False, kind: str | None = None) -> list[Backup]:
+        where, params = self._where(target=target, kind=kind)
+        if not include_deleted:
+            where += (" AND " if where else "WHERE ") + "status != 'deleted'"
+        sql = f"SELECT * FROM backups {where} ORDER BY created_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [self._backup(r) for r in self.db.query(sql, params)]
+
+    def latest_good(self, target: str) -> Backup | None:
+        rows = self.list(target=target, limit=1)
+        return rows[0] if rows else None
+
+    def set_verify(self, backup_id: str, ok: bool, error: str | None = None,
+                   copy_results: dict[str, tuple[str, str | None]] | None = None) -> None:
+        now = iso(utcnow())
+        with self.tx() as db:
+            db["backups"].update(backup_id, {
+                "verify_status": "ok" if ok else "failed", "verified_at": now,
+                "verify_error": redact(error) if error else None,
+            })
+            for dest, (status, err) in (copy_results or {}).items():
+                db["copies"].update((backup_id, dest), {
+                    "status": status, "verified_at": now, "error": redact(err) if err else None})
+
+    def set_copy_status(self, backup_id: str, destination: str, status: str, error: str | None = None) -> None:
+        with self.tx() as db:
+            db["copies"].update((backup_id, destination), {"status": status, "error": redact(error) if error else None})
+
+    def mark_deleted(self, backup_id: str) -> None:
+        with self.tx() as db:
+            db["backups"].update(backup_id, {"status": "deleted"})
+            db.execute("UPDATE copies SET status='deleted' WHERE backup_id=?", [backup_id])
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, action: str, *, actor: str, source: str, target: str | None = None,
+              backup_id: str | None = None, details: dict[str, Any] | None = None) -> None:
+        with self.tx() as db:
+            db["audit"].insert({
+                "at": iso(utcnow()), "actor": actor, "source": source, "action": action,
+                "target": target, "backup_id": backup_id,
+                "details": redact(json.dumps(details or {}, default=str)),
+            })
+
+    def audit_events(self, limit: int = 20, *, action: str | None = None) -> list[dict[str, Any]]:
+        where, params = self._where(action=action)
+        return list(self.db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*params, limit]))
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _where(**filters: Any) -> tuple[str, list[Any]]:
+        parts, params = [], []
+        for col, value in filters.items():
+            if value is not None:
+                parts.append(f"{col} = ?")
+                params.append(value)
+        return ("WHERE " + " AND ".join(parts)) if parts else "", params
+
+    def _backup(self, r: dict[str, Any]) -> Backup:
+        copies = [
+            Copy(destination=c["destination"], location=c["location"], status=c["status"],
+                 size_bytes=c["size_bytes"], stored_at=c["stored_at"], verified_at=c["verified_at"],
+                 error=c["error"])
+            for c in self.db.query("SELECT * FROM copies WHERE backup_id = ? ORDER BY destination", [r["id"]])
+        ]
+        created = parse_iso(r["created_at"])
+        assert created is not None
+        return Backup(
+            id=r["id"], target=r["target"], status=r["status"], kind=r["kind"] or "manual",
+            created_at=created, finished_at=parse_iso(r["finished_at"]), duration_s=r["duration_s"],
+            size_bytes=r["size_bytes"], sha256=r["sha256"], compression=r["compression"] or "zstd",
+            encryption_key_id=r["encryption_key_id"], server_version=r["server_version"],
+            pg_dump_version=r["pg_dump_version"], database=r["database"], profile=r["profile"],
+            object_key=r["object_key"], verify_status=r["verify_status"] or "unverified",
+            verified_at=parse_iso(r["verified_at"]),
+            tags=frozenset(t for t in (r["tags"] or "").split(",") if t),
+            copies=copies, manifest=json.loads(r["manifest"] or "{}"),
+        )

@@ -1,0 +1,233 @@
+"""The streaming pipeline between pg_dump/pg_restore and storage: zstd, optional age
+encryption, SHA-256 and fan-out, in constant memory and without uncompressed temp files."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from bot.core.storage.base import CopyWriter
+from bot.errors import BackupbotError, IntegrityError, StorageError
+
+CHUNK = 1 << 20  # 1 MiB: large enough that per-chunk Python overhead is negligible
+Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
+
+
+def key_id(recipients: tuple[str, ...]) -> str | None:
+    """A stable, public identifier of the recipient set (never the secret key)."""
+    if not recipients:
+        return None
+    return "age:" + hashlib.sha256(",".join(sorted(recipients)).encode()).hexdigest()[:16]
+
+
+class Fanout:
+    """A writable that hashes, counts and copies each chunk to every destination.
+
+    A destination that fails is aborted and set aside; the others go on. When every
+    destination has failed the write raises, which stops the dump early.
+    """
+
+    def __init__(self, writers: dict[str, CopyWriter], progress: Progress | None = None,
+                 progress_every: float = 1.0) -> None:
+        self.writers = dict(writers)
+        self.failed: dict[str, BaseException] = {}
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._progress = progress
+        self._every = progress_every
+        self._t0 = time.monotonic()
+        self._last = 0.0
+
+    def write(self, data: bytes | memoryview) -> int:
+        data = bytes(data)
+        self.sha.update(data)
+        self.size += len(data)
+        for name, w in list(self.writers.items()):
+            try:
+                w.write(data)
+            except (BackupbotError, OSError) as exc:
+                self.failed[name] = exc
+                del self.writers[name]
+                w.abort()
+        if not self.writers:
+            first = next(iter(self.failed.values()))
+            raise StorageError(f"every destination failed: {getattr(first, 'message', first)}")
+        if self._progress is not None:
+            now = time.monotonic()
+            if now - self._last >= self._every:
+                self._last = now
+                self._progress(self.size, now - self._t0)
+        return len(data)
+
+    def flush(self) -> None:  # zstandard calls flush on its destination
+        pass
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        self.writers.clear()
+
+
+def encode(source: BinaryIO, sink: Fanout, *, level: int, threads: int = 0,
+           recipients: tuple[str, ...] = ()) -> None:
+    """Compress (and encrypt, when recipients are given) ``source`` into ``sink``."""
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    if not recipients:
+        cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)
+        return
+    import pyrage
+
+    keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
+    with cctx.stream_reader(source, read_size=CHUNK) as compressed:
+        pyrage.encrypt_io(_Buffered(compressed), sink, keys)
+
+
+class _Buffered:
+    """Gives pyrage full chunks to read (zstd's reader may return short reads)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n if n and n > 0 else CHUNK)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.raw.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class HashingReader:
+    """Reads a stored copy, hashing as it goes, and holds back the final chunk until the whole
+    copy's SHA-256 has been checked: a consumer (pg_restore) never sees the end of a corrupt copy,
+    so it cannot commit one."""
+
+    def __init__(self, raw: BinaryIO, expected_sha256: str | None, what: str) -> None:
+        self.raw = raw
+        self.expected = expected_sha256
+        self.what = what
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._ahead: bytes | None = None
+        self._buf = memoryview(b"")
+        self._done = False
+
+    def _next(self) -> bytes:
+        chunk = self.raw.read(CHUNK)
+        if chunk:
+            self.sha.update(chunk)
+            self.size += len(chunk)
+        return chunk
+
+    def read(self, n: int = -1) -> bytes:
+        # Serve from the current chunk; fetch the next one only when it is used up, keeping
+        # one chunk of look-ahead so that the last chunk is released only after check().
+        if not self._buf:
+            if self._done:
+                return b""
+            current = self._ahead if self._ahead is not None else self._next()
+            self._ahead = self._next() if current else b""
+            if not self._ahead:
+                self._done = True
+                self.check()
+            self._buf = memoryview(current)
+        if n is None or n < 0 or n >= len(self._buf):
+            out, self._buf = bytes(self._buf), memoryview(b"")
+        else:
+            out, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return out
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def check(self) -> None:
+        """Raise IntegrityError if the whole copy has been read and its hash is wrong."""
+        if self._done and self.expected and self.sha.hexdigest() != self.expected:
+            raise IntegrityError(
+                f"{self.what} is corrupt: its SHA-256 is {self.sha.hexdigest()[:12]}…, "
+                f"the catalog recorded {self.expected[:12]}…; use another copy or another backup"
+            )
+
+
+def load_identities(identity_file: Path | None) -> list[object]:
+    import pyrage
+
+    if identity_file is None:
+        raise IntegrityError(
+            "this backup is encrypted: set AGE_IDENTITY_FILE to the age secret key file to read it"
+        )
+    try:
+        text = identity_file.read_text()
+    except OSError as exc:
+        raise IntegrityError(f"cannot read AGE_IDENTITY_FILE {identity_file}: {exc.strerror}") from None
+    keys = [pyrage.x25519.Identity.from_str(line.strip()) for line in text.splitlines()
+            if line.strip().startswith("AGE-SECRET-KEY-")]
+    if not keys:
+        raise IntegrityError(f"AGE_IDENTITY_FILE {identity_file} holds no age secret key")
+    return keys
+
+
+def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_file: Path | None) -> None:
+    """Decrypt (when needed) and decompress ``reader`` into ``sink``; raise IntegrityError on any
+    corruption (checksum, age authentication, zstd frame)."""
+    dctx = zstandard.ZstdDecompressor()
+    try:
+        if not encrypted:
+            dctx.copy_stream(reader, sink, read_size=CHUNK, write_size=CHUNK)
+            return
+        import pyrage
+
+        identities = load_identities(identity_file)
+        with dctx.stream_writer(sink, write_size=CHUNK, write_return_read=True, closefd=False) as plain:
+            pyrage.decrypt_io(reader, plain, identities)
+    except IntegrityError:
+        raise
+    except zstandard.ZstdError as exc:
+        reader.check()
+        raise IntegrityError(f"{reader.what} is corrupt: zstd says {exc}") from None
+    except BrokenPipeError:
+        raise
+    except Exception as exc:
+        # age authenticates every 64 KiB chunk: a flipped bit surfaces here as a decrypt error
+        if not encrypted:
+            raise
+        reader.check()
+        raise IntegrityError(f"{reader.what} cannot be decrypted ({exc}): wrong key or corrupt copy") from None
+
+
+class ProcessSink:
+    """stdin of a child process; once the child stops reading (pg_restore --list reads only the
+    table of contents) further data is discarded so the whole copy is still checked."""
+
+    def __init__(self, stream: BinaryIO | None) -> None:
+        self.stream = stream
+        self.closed_early = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.stream is not None and not self.closed_early:
+            try:
+                self.stream.write(data)
+            except (BrokenPipeError, ValueError):
+                self.closed_early = True
+        return len(data)
+
+    def flush(self) -> None:
+        if self.stream is not None and not self.closed_early:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.closed_early = True
+
+    def close(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.close()
+            except (BrokenPipeError, ValueError):
+                pass

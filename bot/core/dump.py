@@ -1,0 +1,240 @@
+"""The backup engine: pg_dump (custom format) streamed through zstd, optional age encryption and
+SHA-256 to every destination; the catalog sees the backup only once it is complete."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from bot.config import Settings, Target
+from bot.core import profiles
+from bot.core.catalog import Backup, Catalog, Copy, iso, utcnow
+from bot.core.codec import Fanout, encode, key_id
+from bot.core.inspect import inspect_database
+from bot.core.pgtools import (
+    Command,
+    ConnInfo,
+    check_not_transaction_pooler,
+    check_tool_not_older,
+    server_version,
+)
+from bot.core.redact import redact
+from bot.core.storage.base import CopyWriter, Storage, StoredObject
+from bot.errors import BackupbotError, ConnectionFailed, DumpError, StorageError
+
+MANIFEST_VERSION = 1
+
+
+def new_backup_id(target: str, now: datetime) -> str:
+    safe = re.sub(r"[^a-z0-9_-]+", "-", target.lower()).strip("-") or "db"
+    return f"{safe}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def object_keys(target: str, backup_id: str, encrypted: bool) -> dict[str, str]:
+    """Where a backup's files live in every destination."""
+    suffix = ".age" if encrypted else ""
+    base = f"{target}/{backup_id}"
+    return {
+        "dump": f"{base}.dump.zst{suffix}",
+        "manifest": f"{base}.manifest.json",
+        "roles": f"{base}.roles.sql{suffix}",
+    }
+
+
+@dataclass
+class BackupOutcome:
+    backup: Backup
+    failed_copies: dict[str, str] = field(default_factory=dict)  # destination -> error
+
+
+def run_backup(
+    settings: Settings,
+    target: Target,
+    catalog: Catalog,
+    storages: Sequence[Storage],
+    *,
+    actor: str,
+    source: str,
+    kind: str = "manual",
+    tags: Sequence[str] = (),
+    progress: Callable[[int, float], None] | None = None,
+) -> BackupOutcome:
+    """Take one backup of ``target``. Every attempt is a run in the catalog; only a complete
+    backup (stored somewhere, checksum recorded) becomes a backup row."""
+    run_id = catalog.start_run("backup", target.name, actor, source, {"kind": kind})
+    try:
+        outcome = _backup(settings, target, catalog, storages, run_id, kind, tags, progress)
+    except BackupbotError as exc:
+        catalog.finish_run(run_id, "failed", error=exc.message)
+        raise
+    except Exception as exc:  # a bug or an unexpected library error: still one clear line
+        err = DumpError(f"backup of {target.name} failed: {type(exc).__name__}: {redact(exc)}")
+        catalog.finish_run(run_id, "failed", error=err.message)
+        raise err from exc
+    status = "partial" if outcome.failed_copies else "ok"
+    catalog.finish_run(run_id, status, backup_id=outcome.backup.id,
+                       error="; ".join(f"{d}: {e}" for d, e in outcome.failed_copies.items()) or None)
+    return outcome
+
+
+def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequence[Storage],
+            run_id: int, kind: str, tags: Sequence[str], progress: Callable[[int, float], None] | None,
+            ) -> BackupOutcome:
+    info = ConnInfo.parse(target.database_url)
+    check_not_transaction_pooler(info)
+
+    failed: dict[str, str] = {}
+    usable: list[Storage] = []
+    for storage in storages:
+        try:
+            storage.check_writable()
+            usable.append(storage)
+        except BackupbotError as exc:
+            failed[storage.name] = exc.message
+    if not usable:
+        raise StorageError("; ".join(failed.values()) or "no destination is configured")
+
+    major, server_full = server_version(info)
+    pg_dump = Command("pg_dump", settings.pg_bindir)
+    _, dump_version = check_tool_not_older(pg_dump, major, server_full)
+    pg_dumpall = Command("pg_dumpall", settings.pg_bindir)
+
+    started = utcnow()
+    t0 = time.monotonic()
+    backup_id = new_backup_id(target.name, started)
+    encrypted = settings.encryption.enabled
+    keys = object_keys(target.name, backup_id, encrypted)
+
+    try:
+        snap_conn = psycopg.connect(info.conninfo(), connect_timeout=10, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailed(f"cannot connect to {info.describe()}: {redact(str(exc).strip())}") from None
+    with snap_conn:
+        profile = profiles.resolve(snap_conn, target.profile, target.exclude_schemas)
+        blocked = profiles.unreadable_schemas(snap_conn, profile)
+        if blocked:
+            raise DumpError(
+                f"user {info.user} cannot read schema(s) {', '.join(blocked)} on {info.describe()}: "
+                "grant USAGE (and SELECT on its tables) or list them in EXCLUDE_SCHEMAS"
+            )
+        # One snapshot for pg_dump and for the manifest's row counts: they describe the same data.
+        snap_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()
+        snapshot = str(row[0]) if row else ""
+
+        roles_sql = pg_dumpall.run(
+            ["--roles-only", "--no-role-passwords", "--no-password", f"--dbname={info.safe_conninfo()}"], info
+        ).stdout
+
+        args = ["--format=custom", "--compress=0", "--no-password", f"--snapshot={snapshot}",
+                f"--dbname={info.safe_conninfo()}"]
+        for schema in profile.excluded:
+            args.append(f"--exclude-schema={schema}")
+        writers: dict[str, CopyWriter] = {s.name: s.open_writer(keys["dump"]) for s in usable}
+        sink = Fanout(writers, progress)
+        proc = pg_dump.popen(args, info)
+        try:
+            assert proc.proc.stdout is not None
+            encode(proc.proc.stdout, sink, level=settings.compression_level,
+                   threads=settings.compression_threads, recipients=settings.encryption.recipients)
+            proc.check()
+        except BaseException:
+            proc.kill()
+            sink.abort()
+            raise
+        finally:
+            if proc.proc.stdout:
+                proc.proc.stdout.close()
+        failed.update({name: getattr(e, "message", str(e)) for name, e in sink.failed.items()})
+        facts = inspect_database(snap_conn, exact_max_rows=settings.exact_count_max_rows,
+                                 excluded_schemas=tuple(profile.excluded))
+        snap_conn.execute("COMMIT")
+
+    sha256 = sink.sha.hexdigest()
+    stored: dict[str, StoredObject] = {}
+    for name, writer in sink.writers.items():
+        try:
+            stored[name] = writer.commit(expected_size=sink.size, sha256=sha256)
+        except BackupbotError as exc:
+            writer.abort()
+            failed[name] = exc.message
+    if not stored:
+        raise StorageError("no destination stored the backup: " + "; ".join(f"{d}: {e}" for d, e in failed.items()))
+
+    finished = utcnow()
+    duration = round(time.monotonic() - t0, 3)
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "id": backup_id,
+        "target": target.name,
+        "kind": kind,
+        "tags": sorted(tags),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "duration_s": duration,
+        "server_version": server_full,
+        "pg_dump_version": dump_version,
+        "database": facts["database"],
+        "host": info.host,
+        "database_size_bytes": facts["database_size_bytes"],
+        "size_bytes": sink.size,
+        "sha256": sha256,
+        "format": "pg_dump custom (-Fc -Z0)",
+        "compression": f"zstd level {settings.compression_level}",
+        "encryption": "age" if encrypted else None,
+        "encryption_key_id": key_id(settings.encryption.recipients),
+        "profile": profile.manifest(),
+        "exact_count_max_rows": settings.exact_count_max_rows,
+        "tables": facts["tables"],
+        "rls_tables": facts["rls_tables"],
+        "sequences": facts["sequences"],
+        "roles": facts["roles"],
+        "roles_dump": keys["roles"],
+        "files": keys,
+    }
+    roles_blob = _maybe_encrypt(roles_sql, settings.encryption.recipients)
+    manifest_blob = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    by_name = {s.name: s for s in usable}
+    for name in list(stored):
+        try:
+            by_name[name].put_bytes(keys["roles"], roles_blob)
+            by_name[name].put_bytes(keys["manifest"], manifest_blob)
+        except BackupbotError as exc:
+            failed[name] = f"stored the dump but not its manifest: {exc.message}"
+            by_name[name].delete(keys["dump"])
+            del stored[name]
+    if not stored:
+        raise StorageError("no destination stored the backup: " + "; ".join(f"{d}: {e}" for d, e in failed.items()))
+
+    copies = [Copy(destination=name, location=obj.location, status="stored", size_bytes=obj.size,
+                   stored_at=iso(finished)) for name, obj in stored.items()]
+    copies += [Copy(destination=name, location="", status="failed", size_bytes=None, error=redact(err)[:2000])
+               for name, err in failed.items() if name not in stored]
+    catalog.add_backup({
+        "id": backup_id, "target": target.name, "status": "complete", "kind": kind,
+        "tags": ",".join(sorted(tags)), "created_at": iso(started), "finished_at": iso(finished),
+        "duration_s": duration, "size_bytes": sink.size, "sha256": sha256,
+        "compression": "zstd", "encryption_key_id": manifest["encryption_key_id"],
+        "server_version": server_full, "pg_dump_version": dump_version, "database": facts["database"],
+        "profile": profile.name, "object_key": keys["dump"], "manifest": json.dumps(manifest),
+        "verify_status": "unverified", "run_id": run_id,
+    }, copies)
+    return BackupOutcome(catalog.get(backup_id), failed)
+
+
+def _maybe_encrypt(data: bytes, recipients: tuple[str, ...]) -> bytes:
+    if not recipients:
+        return data
+    import pyrage
+
+    return bytes(pyrage.encrypt(data, [pyrage.x25519.Recipient.from_str(r) for r in recipients]))
+
+

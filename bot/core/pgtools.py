@@ -1,0 +1,280 @@
+"""One wrapper that runs every pg_* tool: argument lists, no shell, secrets only in the
+child's environment, accepted exit codes, and a typed error carrying stderr's tail."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import IO
+
+from bot.core.redact import redact, register_secret
+from bot.errors import ConnectionFailed, ToolFailed, VersionMismatch
+
+SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+
+@lru_cache(maxsize=1)
+def _default_bindir() -> Path:
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and Path(out.stdout.strip(), "pg_dump").exists():
+            return Path(out.stdout.strip())
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_dump").exists():
+            return candidate
+    found = shutil.which("pg_dump")
+    if found:
+        return Path(found).parent
+    raise ToolFailed("pg_dump not found: install the PostgreSQL client tools or set PG_BINDIR")
+
+
+def find_bindir(configured: Path | None = None) -> Path:
+    if configured is not None:
+        if not (configured / "pg_dump").exists():
+            raise ToolFailed(f"pg_dump not found in PG_BINDIR={configured}")
+        return configured
+    return _default_bindir()
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """A parsed connection URL. ``safe`` is what may be shown or put on a command line."""
+
+    params: dict[str, str]
+
+    @classmethod
+    def parse(cls, url: str) -> ConnInfo:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+        register_secret(params.get("password"))
+        return cls(params)
+
+    @property
+    def host(self) -> str:
+        return self.params.get("host", "localhost")
+
+    @property
+    def port(self) -> int:
+        try:
+            return int(self.params.get("port", "5432").split(",")[0])
+        except ValueError:
+            return 5432
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname", self.params.get("user", "postgres"))
+
+    @property
+    def user(self) -> str:
+        return self.params.get("user", "postgres")
+
+    @property
+    def password(self) -> str | None:
+        return self.params.get("password")
+
+    def with_db(self, dbname: str) -> ConnInfo:
+        return ConnInfo({**self.params, "dbname": dbname})
+
+    def with_user(self, user: str, password: str | None) -> ConnInfo:
+        p = {**self.params, "user": user}
+        p.pop("password", None)
+        if password:
+            p["password"] = password
+        return ConnInfo(p)
+
+    def conninfo(self) -> str:
+        """Full conninfo for psycopg (contains the password: never show it)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(**self.params)
+
+    def safe_conninfo(self) -> str:
+        """Conninfo without the password, for the pg_* tools' --dbname."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(**{k: v for k, v in self.params.items() if k != "password"})
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def env(self) -> dict[str, str]:
+        """The child's environment: PGPASSWORD lives only here."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGCONNECT_TIMEOUT"] = os.environ.get("PGCONNECT_TIMEOUT", "10")
+        env["PGAPPNAME"] = "backupbot"
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+
+def check_not_transaction_pooler(info: ConnInfo) -> None:
+    if info.port == SUPABASE_TRANSACTION_POOLER_PORT or "pooler.supabase.com:6543" in info.host:
+        raise ConnectionFailed(
+            f"{info.describe()} is Supabase's transaction pooler (port 6543), which cannot run "
+            "pg_dump or pg_restore: use the session pooler (port 5432 on the pooler host) or the "
+            "direct connection (db.<project-ref>.supabase.co:5432)"
+        )
+
+
+class Command:
+    """Runs one pg_* binary from the configured bindir."""
+
+    def __init__(self, tool: str, bindir: Path | None = None, ok_codes: Iterable[int] = (0,)) -> None:
+        self.tool = tool
+        self.path = find_bindir(bindir) / tool
+        self.ok_codes = frozenset(ok_codes)
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [str(self.path), *args]
+
+    def run(self, args: Sequence[str], info: ConnInfo | None = None, *, input: bytes | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+        env = info.env() if info else None
+        proc = subprocess.run(  # noqa: S603 - argument list, no shell
+            self.argv(args), input=input, capture_output=True, env=env, timeout=timeout, check=False
+        )
+        if proc.returncode not in self.ok_codes:
+            raise tool_error(self.tool, proc.returncode, proc.stderr.decode("utf-8", "replace"), info)
+        return proc
+
+    def popen(self, args: Sequence[str], info: ConnInfo | None = None, *, stdin: int | IO[bytes] | None = None,
+              stdout: int | IO[bytes] | None = subprocess.PIPE) -> RunningTool:
+        proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            self.argv(args), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=info.env() if info else None
+        )
+        return RunningTool(self.tool, proc, self.ok_codes, info)
+
+    def version(self) -> tuple[int, str]:
+        out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True, check=True)  # noqa: S603
+        text = out.stdout.strip()
+        # "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the number after the first ")"
+        m = re.search(r"\)\s*(\d+)", text) or re.search(r"(\d+)", text)
+        if not m:
+            raise ToolFailed(f"cannot read the version of {self.tool}: {text!r}")
+        return int(m.group(1)), text
+
+
+class RunningTool:
+    """A started pg_* process whose stderr is drained in the background (keeping its tail)."""
+
+    def __init__(self, tool: str, proc: subprocess.Popen[bytes], ok_codes: frozenset[int], info: ConnInfo | None):
+        self.tool = tool
+        self.proc = proc
+        self.ok_codes = ok_codes
+        self.info = info
+        self._tail: deque[str] = deque(maxlen=40)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self._tail.append(line.decode("utf-8", "replace").rstrip())
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._tail)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def check(self) -> None:
+        code = self.wait()
+        if code not in self.ok_codes:
+            raise tool_error(self.tool, code, self.stderr_tail, self.info)
+
+    def check_restore(self) -> None:
+        """pg_restore's exit status is never ignored: any error fails the restore."""
+        code = self.wait()
+        if code != 0:
+            tail = self.stderr_tail
+            errors = [ln for ln in tail.splitlines() if "error" in ln.lower()]
+            summary = errors[-1] if errors else (tail.splitlines()[-1] if tail else f"exit status {code}")
+            if code < 0:
+                summary = f"killed by signal {-code}"
+            raise ToolFailed(f"pg_restore failed: {redact(summary.strip())}", detail=tail[-4000:])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+_CONNECTION_MARKERS = (
+    "could not connect", "connection refused", "password authentication failed",
+    "no password supplied", "could not translate host name", "timeout expired",
+    "connection to server", "does not exist", "no pg_hba.conf entry", "network is unreachable",
+)
+
+
+def tool_error(tool: str, code: int, stderr: str, info: ConnInfo | None) -> ToolFailed | ConnectionFailed:
+    """Turn a failed run into one clear, redacted line (the full tail goes in ``detail``)."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    where = f" ({info.describe()})" if info else ""
+    if code < 0:
+        summary = f"{tool} was killed by signal {-code}"
+    else:
+        errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+        summary = (errors[0] if errors else (lines[-1] if lines else f"exit status {code}")).strip()
+        summary = re.sub(rf"^{tool}:\s*(error:\s*)?", "", summary)
+    lowered = stderr.lower()
+    if info is not None and any(m in lowered for m in _CONNECTION_MARKERS):
+        msg = connection_advice(summary, info)
+        return ConnectionFailed(f"cannot connect to {info.describe()}: {msg}", detail=stderr[-4000:])
+    return ToolFailed(f"{tool} failed{where}: {redact(summary)}", detail=stderr[-4000:])
+
+
+def connection_advice(summary: str, info: ConnInfo) -> str:
+    """Add advice for the failures users hit with Supabase URLs."""
+    low = summary.lower()
+    host = info.host
+    if host.startswith("db.") and host.endswith(".supabase.co") and (
+        "network is unreachable" in low or "could not translate host name" in low
+        or "cannot assign requested address" in low or "no address associated" in low
+    ):
+        return (
+            f"{summary}; the direct connection {host} is IPv6-only: on an IPv4-only network use the "
+            "session pooler URL (Supabase dashboard > Connect > Session pooler, port 5432)"
+        )
+    return summary
+
+
+def server_version(info: ConnInfo) -> tuple[int, str]:
+    """(major, full version string) of the server, or ConnectionFailed with a clear message."""
+    import psycopg
+
+    try:
+        with psycopg.connect(info.conninfo(), connect_timeout=10, autocommit=True) as conn:
+            num = conn.info.server_version
+            row = conn.execute("SHOW server_version").fetchone()
+            full = str(row[0]) if row else str(num)
+    except psycopg.OperationalError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConnectionFailed(f"cannot connect to {info.describe()}: {connection_advice(redact(msg), info)}") from None
+    return num // 10000, full
+
+
+def check_tool_not_older(tool: Command, server_major: int, server_full: str) -> tuple[int, str]:
+    major, text = tool.version()
+    if major < server_major:
+        raise VersionMismatch(
+            f"{tool.tool} {major} is older than the server (PostgreSQL {server_full}); install the "
+            f"PostgreSQL {server_major} client tools or set PG_BINDIR to their bin directory"
+        )
+    return major, text
+

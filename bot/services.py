@@ -1,0 +1,237 @@
+"""The composition root: settings, catalog and storages wired together, and the use cases that
+both front ends (CLI and Slack) call. Nothing here knows about Slack."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bot.config import Settings, Target
+from bot.core import retention
+from bot.core.catalog import Backup, Catalog, utcnow
+from bot.core.dump import BackupOutcome, run_backup
+from bot.core.pgtools import ConnInfo
+from bot.core.restore import RestoreOutcome, RestoreRequest, default_scratch_name, restore
+from bot.core.storage import Storage, build_storages
+from bot.core.verify import CopyCheck, verify_backup
+from bot.errors import BackupbotError, NotFound, Refused, RestoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    target: str
+    decision: retention.Decision
+    deleted: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+class BackupBusy(Refused):
+    def __init__(self, target: str, run: dict[str, Any] | None) -> None:
+        since = f" (started {run['started_at']} by {run['actor']} via {run['source']})" if run else ""
+        super().__init__(f"a backup of {target} is already running{since}")
+        self.run = run
+
+
+class Services:
+    def __init__(self, settings: Settings, *, catalog: Catalog | None = None,
+                 storages: Sequence[Storage] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog(settings.catalog_path)
+        self.storages: list[Storage] = list(storages) if storages is not None else build_storages(settings)
+        self.clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        # Listeners (alerts, Slack) subscribe to outcomes without the core knowing about them.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    # -- events -------------------------------------------------------------------------------
+    def emit(self, event: str, **data: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, data)
+            except Exception:  # a broken notifier must never break a backup
+                log.exception("listener failed for %s", event)
+
+    # -- locking: one backup per target, across threads and processes ------------------------
+    @contextmanager
+    def target_lock(self, target: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(target, threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise BackupBusy(target, self.running(target))
+        try:
+            path = self.settings.catalog_path.parent / f".backupbot-{target}.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise BackupBusy(target, self.running(target)) from None
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            lock.release()
+
+    def running(self, target: str) -> dict[str, Any] | None:
+        rows = self.catalog.runs(kind="backup", target=target, status="running", limit=1)
+        return rows[0] if rows else None
+
+    # -- use cases ----------------------------------------------------------------------------
+    def backup(self, target: str | None = None, *, actor: str, source: str, kind: str = "manual",
+               tags: Sequence[str] = (), progress: Callable[[int, float], None] | None = None) -> BackupOutcome:
+        t = self.settings.target(target)
+        with self.target_lock(t.name):
+            self.catalog.audit("backup.start", actor=actor, source=source, target=t.name, details={"kind": kind})
+            try:
+                outcome = run_backup(self.settings, t, self.catalog, self.storages, actor=actor, source=source,
+                                     kind=kind, tags=tags, progress=progress)
+            except BackupbotError as exc:
+                self.catalog.audit("backup.failed", actor=actor, source=source, target=t.name,
+                                   details={"error": exc.message})
+                self.emit("backup.failed", target=t.name, error=exc.message, detail=exc.detail, kind=kind)
+                raise
+        self.catalog.audit("backup.done", actor=actor, source=source, target=t.name, backup_id=outcome.backup.id,
+                           details={"size_bytes": outcome.backup.size_bytes, "failed_copies": outcome.failed_copies})
+        self.emit("backup.done", target=t.name, backup=outcome.backup, failed_copies=outcome.failed_copies, kind=kind)
+        return outcome
+
+    def list_backups(self, target: str | None = None, limit: int | None = None) -> list[Backup]:
+        if target is not None:
+            self.settings.target(target)  # unknown target: a clear error, not an empty list
+        return self.catalog.list(target=target, limit=limit)
+
+    def get_backup(self, backup_id: str) -> Backup:
+        return self.catalog.get(backup_id.strip())
+
+    def verify(self, backup_id: str, *, actor: str, source: str) -> list[CopyCheck]:
+        backup = self.get_backup(backup_id)
+        run_id = self.catalog.start_run("verify", backup.target, actor, source, {"backup_id": backup.id})
+        results = verify_backup(backup, self.storages, self.catalog,
+                                identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir)
+        ok = bool(results) and all(r.ok for r in results)
+        errors = "; ".join(r.error for r in results if r.error) or None
+        self.catalog.finish_run(run_id, "ok" if ok else "failed", backup_id=backup.id, error=errors)
+        self.catalog.audit("verify", actor=actor, source=source, target=backup.target, backup_id=backup.id,
+                           details={"ok": ok})
+        if not ok:
+            self.emit("verify.failed", target=backup.target, backup_id=backup.id, error=errors or "no copy to verify")
+        return results
+
+    def restore_destination(self, req: RestoreRequest, backup: Backup) -> tuple[str, Target | None]:
+        """The database URL a restore writes to (validated, nothing touched) and its target."""
+        if req.mode not in ("into", "in-place", "to"):
+            raise RestoreError(f"unknown restore mode {req.mode!r}")
+        if req.mode == "to":
+            if not req.to_url:
+                raise RestoreError("--to needs a database URL")
+            return req.to_url, None
+        target = self.settings.target(req.target or backup.target)
+        info = ConnInfo.parse(target.database_url)
+        if req.mode == "in-place":
+            return target.database_url, target
+        name = req.into or default_scratch_name(backup.database or info.dbname, self.clock())
+        return ConnInfo({**info.params, "dbname": name}).conninfo(), target
+
+    def restore(self, req: RestoreRequest, *, actor: str, source: str,
+                progress: Callable[[str], None] | None = None, safety_backup: bool = True,
+                ) -> tuple[RestoreOutcome, Backup | None]:
+        backup = self.get_backup(req.backup_id)
+        dest_url, target = self.restore_destination(req, backup)
+        self.catalog.audit("restore.start", actor=actor, source=source, target=target.name if target else None,
+                           backup_id=backup.id, details={"mode": req.mode, "destination": ConnInfo.parse(dest_url).describe(),
+                                                         "table": req.table})
+        safety: Backup | None = None
+        try:
+            if req.mode == "in-place" and safety_backup and target is not None:
+                (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
+                safety = self.backup(target.name, actor=actor, source=source, kind="pre-restore",
+                                     tags=("pre-restore",)).backup
+            from bot.core import supabase_restore
+
+            outcome = restore(
+                request=req, backup=backup, dest_url=dest_url, catalog=self.catalog, storages=self.storages,
+                identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir,
+                actor=actor, source=source, progress=progress, **supabase_restore.restore_hooks(backup, dest_url),
+            )
+        except BackupbotError as exc:
+            self.catalog.audit("restore.failed", actor=actor, source=source, backup_id=backup.id,
+                               details={"error": exc.message, "safety_backup": safety.id if safety else None})
+            self.emit("restore.failed", target=backup.target, backup_id=backup.id, error=exc.message,
+                      safety_backup=safety.id if safety else None)
+            raise
+        self.catalog.audit("restore.done", actor=actor, source=source, backup_id=backup.id,
+                           details={"ok": outcome.report.ok, "duration_s": outcome.duration_s,
+                                    "destination": outcome.destination})
+        return outcome, safety
+
+    def prune(self, *, dry_run: bool, actor: str, source: str, target: str | None = None) -> list[PruneResult]:
+        names = [self.settings.target(target).name] if target else list(self.settings.targets)
+        results = []
+        for name in names:
+            results.append(self._prune_target(name, dry_run=dry_run, actor=actor, source=source))
+        return results
+
+    def _prune_target(self, name: str, *, dry_run: bool, actor: str, source: str) -> PruneResult:
+        backups = self.catalog.list(target=name)
+        candidates = [retention.Candidate(b.id, b.created_at, b.verified, b.tags) for b in backups]
+        decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
+        result = PruneResult(name, decision, dry_run=dry_run)
+        if dry_run or not decision.delete:
+            return result
+        run_id = self.catalog.start_run("prune", name, actor, source, {"delete": decision.delete})
+        by_id = {b.id: b for b in backups}
+        by_name = {s.name: s for s in self.storages}
+        for backup_id in decision.delete:
+            backup = by_id[backup_id]
+            try:
+                for copy in backup.copies:
+                    storage = by_name.get(copy.destination)
+                    if storage is None or copy.status in ("failed", "deleted"):
+                        continue
+                    for key in {backup.object_key, *backup.manifest.get("files", {}).values()}:
+                        storage.delete(key)
+                self.catalog.mark_deleted(backup_id)
+                result.deleted.append(backup_id)
+            except BackupbotError as exc:
+                result.errors[backup_id] = exc.message
+        self.catalog.finish_run(run_id, "failed" if result.errors else "ok",
+                                error="; ".join(f"{k}: {v}" for k, v in result.errors.items()) or None,
+                                details={"deleted": result.deleted})
+        self.catalog.audit("prune", actor=actor, source=source, target=name,
+                           details={"deleted": result.deleted, "errors": result.errors})
+        if result.errors:
+            self.emit("prune.failed", target=name, error="; ".join(result.errors.values()))
+        return result
+
+    def storage_usage(self) -> dict[str, dict[str, int | None]]:
+        usage: dict[str, dict[str, int | None]] = {}
+        for s in self.storages:
+            try:
+                usage[s.describe()] = {"used": s.used_bytes(), "free": s.free_bytes()}
+            except BackupbotError as exc:
+                log.warning("cannot measure %s: %s", s.describe(), exc.message)
+                usage[s.describe()] = {"used": None, "free": None}
+        return usage
+
+
+def build_services(settings: Settings) -> Services:
+    services = Services(settings)
+    services.catalog.mark_abandoned_runs()
+    from bot.core.storage.local import remove_stale_partials
+
+    if Path(settings.backup_dir).exists():
+        remove_stale_partials(Path(settings.backup_dir))
+    return services
