@@ -22,7 +22,7 @@ from bot.core.pgtools import ConnInfo
 from bot.core.restore import RestoreOutcome, RestoreRequest, default_scratch_name, restore
 from bot.core.storage import Storage, build_storages
 from bot.core.verify import CopyCheck, verify_backup
-from bot.errors import BackupbotError, NotFound, Refused, RestoreError
+from bot.errors import BackupbotError, Refused, RestoreError
 
 log = logging.getLogger(__name__)
 

@@ -155,8 +155,10 @@ class Command:
         return RunningTool(self.tool, proc, self.ok_codes, info)
 
     def version(self) -> tuple[int, str]:
-        out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True, check=True)  # noqa: S603
+        out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True, check=False)  # noqa: S603
         text = out.stdout.strip()
+        if out.returncode != 0:
+            raise ToolFailed(f"{self.path} --version failed (exit status {out.returncode}): check PG_BINDIR")
         # "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the number after the first ")"
         m = re.search(r"\)\s*(\d+)", text) or re.search(r"(\d+)", text)
         if not m:

@@ -3,8 +3,10 @@ database, over the target in one transaction, or into another server; then verif
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,13 +17,20 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bot.core import toc
 from bot.core.catalog import Backup, Catalog
 from bot.core.codec import HashingReader, ProcessSink, decode
 from bot.core.inspect import inspect_database
-from bot.core.pgtools import Command, ConnInfo, check_not_transaction_pooler, check_tool_not_older, server_version
+from bot.core.pgtools import (
+    Command,
+    ConnInfo,
+    check_not_transaction_pooler,
+    check_tool_not_older,
+    server_version,
+)
 from bot.core.redact import redact
 from bot.core.storage.base import Storage
-from bot.core.verify import Check, Report, compare
+from bot.core.verify import Check, Report, compare, verify_copy
 from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError
 
 MODES = ("into", "in-place", "to")
@@ -71,7 +80,9 @@ def pick_copy(backup: Backup, storages: Sequence[Storage]) -> list[Storage]:
     usable = [by_name[c.destination] for c in backup.copies
               if c.status == "stored" and c.destination in by_name]
     if not usable:
-        raise NotFound(f"backup {backup.id} has no readable copy in the configured destinations")
+        known = "; ".join(f"{c.destination}: {c.status}" + (f" ({c.error})" if c.error else "") for c in backup.copies)
+        raise IntegrityError(f"backup {backup.id} has no intact copy in the configured destinations ({known}); "
+                             "choose another backup")
     return sorted(usable, key=lambda s: 0 if s.name == "local" else 1)
 
 
@@ -152,6 +163,7 @@ def restore(
     reserved_roles: frozenset[str] = frozenset(),
     progress: Callable[[str], None] | None = None,
     extra_pg_restore_args: Sequence[str] = (),
+    toc_filter: Callable[[list[toc.TocEntry]], list[toc.TocEntry]] | None = None,
     after_restore: Callable[[psycopg.Connection[Any], Report], None] | None = None,
 ) -> RestoreOutcome:
     """Run one restore. ``dest_url`` is the server/database chosen by the caller (services)."""
@@ -201,11 +213,16 @@ def restore(
         args = ["--no-password", "--exit-on-error", "--single-transaction", f"--dbname={info.safe_conninfo()}"]
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
-        if request.table:
-            schema, name = parse_table(request.table)
-            args += ["--schema", schema, "--table", name]
+        list_file = None
+        if request.table or toc_filter is not None:
+            list_file = _restore_list(backup, storage, identity_file, bindir, request.table, toc_filter)
+            args += ["--use-list", str(list_file)]
         args += list(extra_pg_restore_args)
-        _stream_restore(backup, storage, pg_restore, args, info, identity_file)
+        try:
+            _stream_restore(backup, storage, pg_restore, args, info, identity_file)
+        finally:
+            if list_file is not None:
+                list_file.unlink(missing_ok=True)
         say("pg_restore finished")
 
         with psycopg.connect(info.conninfo(), autocommit=True) as conn:
@@ -232,6 +249,26 @@ def restore(
         if isinstance(exc, BackupbotError) or not isinstance(exc, Exception):
             raise
         raise RestoreError(f"restore of {backup.id} failed: {msg}") from exc
+
+
+def _restore_list(backup: Backup, storage: Storage, identity_file: Path | None, bindir: Path | None,
+                  table: str | None, toc_filter: Callable[[list[toc.TocEntry]], list[toc.TocEntry]] | None) -> Path:
+    """Read the archive's table of contents and write the `--use-list` file for this restore."""
+    check = verify_copy(backup, storage, identity_file=identity_file, bindir=bindir)
+    if not check.ok:
+        raise IntegrityError(check.error or f"cannot read the table of contents of {backup.id}")
+    entries = toc.parse(check.toc)
+    if table:
+        schema, name = parse_table(table)
+        entries = toc.one_table(entries, schema, name)
+        if not any(e.desc == "TABLE" for e in entries):
+            raise NotFound(f"table {schema}.{name} is not in backup {backup.id}")
+    if toc_filter is not None:
+        entries = toc_filter(entries)
+    fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".list")
+    with os.fdopen(fd, "w") as f:
+        f.write(toc.list_file(entries))
+    return Path(path)
 
 
 def _qualified(table: str | None) -> str | None:

@@ -22,6 +22,7 @@ class CopyCheck:
     ok: bool
     error: str | None = None
     toc_entries: int = 0
+    toc: str = ""  # the archive's table of contents, as `pg_restore --list` prints it
 
 
 def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
@@ -66,7 +67,7 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
                   if line and not line.startswith(";"))
     if entries == 0:
         return CopyCheck(storage.name, False, f"{what} has an empty table of contents")
-    return CopyCheck(storage.name, True, toc_entries=entries)
+    return CopyCheck(storage.name, True, toc_entries=entries, toc=b"".join(out).decode("utf-8", "replace"))
 
 
 def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog, *,

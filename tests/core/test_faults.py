@@ -1,0 +1,197 @@
+"""Faults give one clear message and leave nothing half-done in the catalog or on disk."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bot.core.restore import RestoreRequest
+from bot.errors import (
+    BackupbotError,
+    ConnectionFailed,
+    IntegrityError,
+    NotFound,
+    StorageError,
+    VersionMismatch,
+)
+from tests.fixtures.pg import PASSWORD, fake_bindir, query, table_checksums
+
+KILL_AFTER_64K = """#!/usr/bin/env python3
+import os, signal, subprocess, sys
+if "--version" in sys.argv:
+    os.execv("@REAL@/pg_dump", ["pg_dump", "--version"])
+real = subprocess.Popen(["@REAL@/pg_dump", *sys.argv[1:]], stdout=subprocess.PIPE)
+sent = 0
+while sent < 65536:
+    chunk = real.stdout.read(8192)
+    if not chunk:
+        break
+    sys.stdout.buffer.write(chunk); sent += len(chunk)
+sys.stdout.flush()
+real.kill()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+OLD_PG_DUMP = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "pg_dump (PostgreSQL) 14.11"; exit 0; fi
+exec @REAL@/pg_dump "$@"
+"""
+
+
+def _nothing_recorded(services) -> None:
+    assert services.catalog.list() == []
+    runs = services.catalog.runs(kind="backup")
+    assert runs and runs[0]["status"] == "failed"
+
+
+def _no_files(backup_dir: Path) -> None:
+    leftovers = [p for p in backup_dir.rglob("*") if p.is_file()] if backup_dir.exists() else []
+    assert leftovers == []
+
+
+def _big_table(url: str, mb: int = 3) -> None:
+    query(url, f"CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
+               f"FROM generate_series(1, {mb * 16000}) g")
+
+
+def test_wrong_password_is_one_clear_line_without_the_password(crm_db, make_services, tmp_path):
+    from urllib.parse import quote
+
+    wrong = crm_db.replace(quote(PASSWORD, safe=""), "Wr0ng-Pa55word-xyz")
+    assert wrong != crm_db
+    services = make_services(wrong)
+    with pytest.raises(ConnectionFailed) as err:
+        services.backup(actor="t", source="cli")
+    assert "password authentication failed" in err.value.message
+    assert "Wr0ng-Pa55word-xyz" not in err.value.message + err.value.detail + str(err.value)
+    _nothing_recorded(services)
+    assert "Wr0ng-Pa55word-xyz" not in str(services.catalog.runs())
+    _no_files(tmp_path / "backups")
+
+
+def test_unreachable_server_names_host_and_port(make_services, tmp_path):
+    from bot.core.cluster import free_port
+
+    port = free_port()
+    services = make_services(f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/crm")
+    with pytest.raises(ConnectionFailed) as err:
+        services.backup(actor="t", source="cli")
+    assert f"127.0.0.1:{port}/crm" in err.value.message and PASSWORD not in err.value.message
+    _nothing_recorded(services)
+
+
+def test_pg_dump_killed_mid_stream_leaves_no_backup_and_no_partial_file(crm_db, make_services, tmp_path):
+    _big_table(crm_db)
+    services = make_services(crm_db, PG_BINDIR=str(fake_bindir(tmp_path, {"pg_dump": KILL_AFTER_64K})))
+    with pytest.raises(BackupbotError) as err:
+        services.backup(actor="t", source="cli")
+    assert "pg_dump" in err.value.message and "signal 9" in err.value.message
+    _nothing_recorded(services)
+    _no_files(tmp_path / "backups")
+
+
+def test_unwritable_backup_dir_is_refused_before_dumping(crm_db, make_services, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the backup directory should be")
+    services = make_services(crm_db, BACKUP_DIR=str(blocker / "backups"))
+    with pytest.raises(StorageError) as err:
+        services.backup(actor="t", source="cli")
+    assert str(blocker) in err.value.message
+    _nothing_recorded(services)
+
+
+def test_disk_full_midway_removes_the_partial_file(crm_db, make_services, tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    assert done.returncode == 0, f"this suite runs as root and needs tmpfs mounts: {done.stderr!r}"
+    try:
+        _big_table(crm_db)
+        services = make_services(crm_db, BACKUP_DIR=str(mount))
+        with pytest.raises(StorageError) as err:
+            services.backup(actor="t", source="cli")
+        assert "disk full" in err.value.message
+        _nothing_recorded(services)
+        _no_files(mount)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_missing_s3_bucket_keeps_the_local_copy_and_records_the_failed_copy(crm_db, make_services, s3_server):
+    services = make_services(crm_db, S3_BUCKET="no-such-bucket-" + uuid.uuid4().hex[:8], S3_ENDPOINT_URL=s3_server,
+                             S3_REGION="us-east-1")
+    outcome = services.backup(actor="t", source="cli")
+    statuses = {c.destination: c.status for c in outcome.backup.copies}
+    assert statuses == {"local": "stored", "s3": "failed"}
+    assert "does not exist" in outcome.failed_copies["s3"] and "no-such-bucket" in outcome.failed_copies["s3"]
+    assert services.catalog.runs(kind="backup")[0]["status"] == "partial"
+
+
+def test_corrupted_copy_is_refused_by_verify_and_restore(crm_db, make_services, tmp_path):
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    results = services.verify(backup.id, actor="t", source="cli")
+    assert not results[0].ok and "corrupt" in (results[0].error or "")
+    assert services.get_backup(backup.id).verify_status == "failed"
+    with pytest.raises(IntegrityError):
+        services.restore(RestoreRequest(backup.id, mode="into", into="never_created"), actor="t", source="cli")
+    assert query(crm_db, "SELECT count(*) FROM pg_database WHERE datname = 'never_created'")[0][0] == 0
+
+
+def test_unknown_backup_id_says_how_to_find_ids(crm_db, make_services):
+    services = make_services(crm_db)
+    with pytest.raises(NotFound) as err:
+        services.restore(RestoreRequest("prod-20200101-000000-dead"), actor="t", source="cli")
+    assert "no backup with id 'prod-20200101-000000-dead'" in err.value.message and "backupbot list" in err.value.message
+
+
+def test_pg_dump_older_than_server_is_refused(crm_db, make_services, tmp_path):
+    services = make_services(crm_db, PG_BINDIR=str(fake_bindir(tmp_path, {"pg_dump": OLD_PG_DUMP})))
+    with pytest.raises(VersionMismatch) as err:
+        services.backup(actor="t", source="cli")
+    assert "pg_dump 14 is older than the server (PostgreSQL 15" in err.value.message
+    _nothing_recorded(services)
+
+
+def test_supabase_transaction_pooler_is_refused_with_advice(make_services):
+    services = make_services(f"postgresql://postgres.abc:{PASSWORD}@aws-0-eu-central-1.pooler.supabase.com:6543/postgres")
+    with pytest.raises(ConnectionFailed) as err:
+        services.backup(actor="t", source="cli")
+    assert "transaction pooler" in err.value.message and "session pooler" in err.value.message
+    assert PASSWORD not in err.value.message
+
+
+def test_failed_in_place_restore_leaves_target_exactly_as_before(crm_db, make_services):
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
+    # A conflicting object: a view the backup does not know depends on a table it must drop.
+    query(crm_db, "CREATE VIEW public.note_bodies AS SELECT body FROM crm.notes")
+    before = table_checksums(crm_db)
+    with pytest.raises(BackupbotError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli", safety_backup=False)
+    assert "pg_restore failed" in err.value.message
+    assert table_checksums(crm_db) == before
+    assert services.catalog.runs(kind="restore")[0]["status"] == "failed"
+
+
+def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
+    import os
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db", "BACKUP_DIR": str(tmp_path / "b"),
+           "BACKUPBOT_DB": str(tmp_path / "c.db")}
+    out = subprocess.run([sys.executable, "-m", "bot", "verify", "nope"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == ["error: no backup with id 'nope'; `backupbot list` shows the ids"]
+    bad = subprocess.run([sys.executable, "-m", "bot", "list"], env={**env, "RETENTION_DAILY": "seven"},
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: invalid configuration: RETENTION_DAILY must be a whole number, got 'seven' (RETENTION_DAILY)"

@@ -1,0 +1,163 @@
+"""Backup → restore round trips on real PostgreSQL: contents, sequences, RLS and policies survive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyrage
+
+from bot.core.restore import RestoreRequest
+from tests.fixtures.pg import query, table_checksums
+
+POLICIES = "SELECT schemaname, tablename, policyname, roles::text, cmd, qual FROM pg_policies ORDER BY 1, 2, 3"
+RLS = "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class WHERE relnamespace = 'crm'::regnamespace AND relkind = 'r' ORDER BY 1"
+SEQS = "SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2"
+OBJECTS = """SELECT 'trigger', tgname FROM pg_trigger WHERE NOT tgisinternal
+             UNION ALL SELECT 'view', viewname FROM pg_views WHERE schemaname = 'crm'
+             UNION ALL SELECT 'enum', enumlabel FROM pg_enum ORDER BY 1, 2"""
+
+
+def _same_database(src: str, dst: str) -> None:
+    assert table_checksums(dst) == table_checksums(src)
+    for sql in (POLICIES, RLS, SEQS, OBJECTS):
+        assert query(dst, sql) == query(src, sql), sql
+
+
+def _url_for(src_url: str, dbname: str) -> str:
+    return src_url.rsplit("/", 1)[0] + "/" + dbname
+
+
+def test_backup_restored_into_new_database_is_identical(crm_db, make_services):
+    # GIVEN a CRM database with roles, RLS, enums, jsonb, triggers, views, sequences, non-ASCII text
+    services = make_services(crm_db)
+    # WHEN it is backed up and restored into a new database
+    outcome = services.backup(actor="tester", source="cli")
+    restored, safety = services.restore(RestoreRequest(outcome.backup.id, mode="into", into="rt_copy"),
+                                        actor="tester", source="cli")
+    # THEN every table, sequence, policy and RLS flag is identical and the report is all green
+    assert safety is None
+    _same_database(crm_db, _url_for(crm_db, "rt_copy"))
+    assert restored.report.ok, restored.report.lines()
+    assert any("rows crm.notes" in line and "800 restored" in line for line in restored.report.lines())
+    assert "ä" not in "" and query(_url_for(crm_db, "rt_copy"), "SELECT count(*) FROM crm.accounts WHERE name LIKE 'Müller%'")[0][0] > 0
+
+
+def test_manifest_records_what_the_issue_lists(crm_db, make_services, tmp_path):
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    manifest_path = tmp_path / "backups" / "prod" / f"{backup.id}.manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key in ("id", "target", "started_at", "finished_at", "duration_s", "server_version", "pg_dump_version",
+                "database", "size_bytes", "sha256", "compression", "encryption_key_id", "tables", "rls_tables", "roles_dump"):
+        assert key in manifest, key
+    assert manifest["sha256"] == backup.sha256
+    assert manifest["rls_tables"] == {"crm.deals": 2, "crm.notes": 1}
+    deals = next(t for t in manifest["tables"] if t["name"] == "deals")
+    assert deals["rows"] == 400 and deals["exact"] is True
+    roles_sql = (tmp_path / "backups" / "prod" / f"{backup.id}.roles.sql").read_text()
+    assert "CREATE ROLE crm_readonly" in roles_sql
+    assert "PASSWORD" not in roles_sql.upper().replace("--NO-ROLE-PASSWORDS", "")
+
+
+def test_large_tables_get_estimated_counts_flagged_as_estimates(crm_db, make_services):
+    services = make_services(crm_db, EXACT_COUNT_MAX_ROWS="0")
+    query(crm_db, "ANALYZE")
+    backup = services.backup(actor="tester", source="cli").backup
+    notes = next(t for t in backup.manifest["tables"] if t["name"] == "notes")
+    assert notes["exact"] is False and notes["rows"] > 0
+
+
+def test_encrypted_backup_round_trips_and_is_age_format(crm_db, make_services, tmp_path):
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "age.key"
+    key_file.write_text(str(identity) + "\n")
+    services = make_services(crm_db, ENCRYPTION_RECIPIENTS=str(identity.to_public()), AGE_IDENTITY_FILE=str(key_file))
+    backup = services.backup(actor="tester", source="cli").backup
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst.age"
+    assert stored.read_bytes().startswith(b"age-encryption.org/v1")
+    assert backup.encryption_key_id and backup.encryption_key_id.startswith("age:")
+    assert all(c.ok for c in services.verify(backup.id, actor="t", source="cli"))
+    services.restore(RestoreRequest(backup.id, mode="into", into="rt_encrypted"), actor="t", source="cli")
+    _same_database(crm_db, _url_for(crm_db, "rt_encrypted"))
+
+
+def test_encrypted_backup_without_identity_is_refused_clearly(crm_db, make_services, tmp_path):
+    identity = pyrage.x25519.Identity.generate()
+    services = make_services(crm_db, ENCRYPTION_RECIPIENTS=str(identity.to_public()))
+    backup = services.backup(actor="tester", source="cli").backup
+    results = services.verify(backup.id, actor="t", source="cli")
+    assert not results[0].ok and "AGE_IDENTITY_FILE" in (results[0].error or "")
+
+
+def test_backup_goes_to_s3_and_restores_from_s3_when_local_copy_is_gone(crm_db, make_services, s3_bucket, tmp_path):
+    services = make_services(crm_db, S3_BUCKET=s3_bucket.bucket, S3_ENDPOINT_URL=s3_bucket.endpoint_url or "",
+                             S3_PREFIX="team/db", S3_REGION="us-east-1")
+    backup = services.backup(actor="tester", source="cli").backup
+    assert {c.destination: c.status for c in backup.copies} == {"local": "stored", "s3": "stored"}
+    s3_copy = next(c for c in backup.copies if c.destination == "s3")
+    assert s3_copy.location.startswith(f"s3://{s3_bucket.bucket}/team/db/prod/")
+    (tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst").unlink()
+    restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into="rt_from_s3"), actor="t", source="cli")
+    assert restored.report.ok
+    _same_database(crm_db, _url_for(crm_db, "rt_from_s3"))
+
+
+def test_in_place_restore_brings_deleted_rows_back_and_keeps_a_safety_backup(crm_db, make_services):
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 100")
+    restored, safety = services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
+    assert restored.report.ok
+    assert query(crm_db, "SELECT count(*) FROM crm.notes")[0][0] == 800
+    assert safety is not None and "pre-restore" in safety.tags
+    notes = next(t for t in safety.manifest["tables"] if t["name"] == "notes")
+    assert notes["rows"] == 100  # the safety backup holds the state just before the restore
+
+
+def test_one_table_restore_into_new_database(crm_db, make_services):
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into="rt_one", table="crm.accounts"),
+                                   actor="t", source="cli")
+    dst = _url_for(crm_db, "rt_one")
+    assert query(dst, "SELECT count(*) FROM crm.accounts")[0][0] == 200
+    assert query(dst, "SELECT count(*) FROM pg_tables WHERE schemaname = 'crm'")[0][0] == 1
+    assert restored.report.ok
+
+
+def test_restore_onto_fresh_server_with_roles_creates_missing_roles(crm_db, make_services, tmp_path):
+    from bot.core.cluster import Cluster
+
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    with Cluster(password="other-pw") as fresh:
+        fresh.create_database("crm")
+        restored, _ = services.restore(RestoreRequest(backup.id, mode="to", to_url=fresh.url("crm"), with_roles=True),
+                                       actor="t", source="cli")
+        assert {"crm_app", "crm_readonly", "sales_rep"} <= set(restored.roles_created)
+        assert restored.report.ok, restored.report.lines()
+        assert table_checksums(fresh.url("crm")) == table_checksums(crm_db)
+
+
+def test_cli_backup_prints_id_last_and_list_json_has_the_contract_fields(crm_db, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": crm_db, "BACKUP_DIR": str(tmp_path / "b"), "BACKUPBOT_DB": str(tmp_path / "c.db")}
+    out = subprocess.run([sys.executable, "-m", "bot", "backup"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    backup_id = out.stdout.strip().splitlines()[-1]
+    listed = subprocess.run([sys.executable, "-m", "bot", "list", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    rows = json.loads(listed.stdout)
+    assert [r["id"] for r in rows] == [backup_id]
+    for field in ("id", "target", "status", "created_at", "size_bytes", "sha256", "copies"):
+        assert field in rows[0]
+    assert rows[0]["status"] == "complete" and rows[0]["copies"][0]["status"] == "stored"
+    assert "Sup3r-Secret" not in out.stdout + out.stderr + listed.stdout
+    restored = subprocess.run([sys.executable, "-m", "bot", "restore", backup_id, "--into", "cli_copy"], env=env,
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    assert "✓ rows crm.deals" in restored.stdout
+    assert Path(tmp_path / "b").exists()
