@@ -14,19 +14,9 @@ from typing import Any, TextIO
 from bot.config import Settings, load_settings
 from bot.core.redact import install_log_redaction, redact
 from bot.errors import BackupbotError
+from bot.render.common import human_bytes
 
 log = logging.getLogger("backupbot")
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
 
 class ProgressPrinter:
@@ -156,6 +146,12 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.runner import run_bot
+
+    return run_bot(settings, http=args.http, port=args.port, host=args.host)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
     from bot.demo import run_demo
 
@@ -164,7 +160,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "backup": cmd_backup, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
-    "prune": cmd_prune, "demo": cmd_demo,
+    "prune": cmd_prune, "demo": cmd_demo, "run": cmd_run,
 }
 NEEDS_NO_SETTINGS = {"demo"}
 
@@ -202,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the retention policy")
     pr.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     pr.add_argument("--target")
+
+    run = sub.add_parser("run", help="run the Slack bot (Socket Mode, or --http) with its schedules")
+    run.add_argument("--http", action="store_true", help="serve Slack at POST /slack/events instead of Socket Mode")
+    run.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
+    run.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
 
     d = sub.add_parser("demo", help="start a throwaway PostgreSQL, back it up, restore it, verify")
     d.add_argument("--keep", action="store_true", help="keep the demo's files")

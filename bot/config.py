@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -129,6 +130,18 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         values[key] = value
     return values
+
+
+def parse_duration(raw: str, where: str) -> timedelta:
+    """'26h', '90m', '2d', '45s' or a bare number of hours."""
+    text = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return timedelta(hours=float(text))
+    except ValueError:
+        raise ConfigError(f"{raw!r} is not a duration like 26h, 90m or 2d", where) from None
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:

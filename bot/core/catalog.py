@@ -85,6 +85,15 @@ def _m2_restores(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_restores]
 
+# Feature modules (approvals, checklist, monitoring…) own their tables: each registers its own
+# numbered steps under a component name, applied after the core's.
+COMPONENT_MIGRATIONS: dict[str, list[Callable[[sqlite_utils.Database], None]]] = {}
+
+
+def register_migrations(component: str, steps: list[Callable[[sqlite_utils.Database], None]]) -> None:
+    """Called at import time by a feature module; steps are append-only like MIGRATIONS."""
+    COMPONENT_MIGRATIONS[component] = steps
+
 
 @dataclass
 class Copy:
@@ -185,18 +194,23 @@ class Catalog:
     def migrate(self) -> int:
         with self._lock:
             if "schema_migrations" not in self.db.table_names():
-                self.db["schema_migrations"].create({"version": int, "applied_at": str}, pk="version")
-            done = {r["version"] for r in self.db["schema_migrations"].rows}
-            for version, step in enumerate(MIGRATIONS, start=1):
-                if version in done:
-                    continue
-                with self.tx() as db:
-                    step(db)
-                    db["schema_migrations"].insert({"version": version, "applied_at": iso(utcnow())})
-            return len(MIGRATIONS)
+                self.db["schema_migrations"].create(
+                    {"component": str, "version": int, "applied_at": str}, pk=("component", "version"))
+            done = {(r["component"], r["version"]) for r in self.db["schema_migrations"].rows}
+            applied = 0
+            for component, steps in [("core", MIGRATIONS), *sorted(COMPONENT_MIGRATIONS.items())]:
+                for version, step in enumerate(steps, start=1):
+                    if (component, version) in done:
+                        continue
+                    with self.tx() as db:
+                        step(db)
+                        db["schema_migrations"].insert(
+                            {"component": component, "version": version, "applied_at": iso(utcnow())})
+                    applied += 1
+            return applied
 
-    def schema_version(self) -> int:
-        row = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    def schema_version(self, component: str = "core") -> int:
+        row = self.db.execute("SELECT max(version) FROM schema_migrations WHERE component = ?", [component]).fetchone()
         return int(row[0] or 0)
 
     def close(self) -> None:

@@ -15,10 +15,10 @@ def crm_sql() -> str:
 
 
 def run_demo(keep: bool = False) -> int:
-    from bot.cli import human_bytes
     from bot.config import load_settings
     from bot.core.cluster import Cluster
     from bot.core.restore import RestoreRequest
+    from bot.render.common import human_bytes
     from bot.services import Services
 
     work = Path(tempfile.mkdtemp(prefix="backupbot-demo-"))

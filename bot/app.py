@@ -1,0 +1,168 @@
+"""Front end 2: `create_app(settings, services)` builds the Bolt app. Listeners live in
+`commands/`; each module's `register(app, ctx)` closes over this context."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.config import Settings
+from bot.core.redact import redact
+from bot.errors import BackupbotError, ConfigError
+from bot.notify import Notifier
+from bot.services import Services
+from commands.router import Router
+
+log = logging.getLogger(__name__)
+GROUP_CACHE_SECONDS = 300
+SEEN_TTL_SECONDS = 600
+
+
+def make_client(settings: Settings) -> WebClient:
+    """A WebClient that retries rate limits (honouring Retry-After), 5xx and connection errors."""
+    return WebClient(
+        token=settings.slack.bot_token,
+        base_url=settings.slack.api_url if settings.slack.api_url.endswith("/") else settings.slack.api_url + "/",
+        timeout=15,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+@dataclass
+class AppContext:
+    """What the Slack listeners share: the core services plus Slack-side helpers."""
+
+    settings: Settings
+    core: Services
+    client: WebClient
+    notifier: Notifier
+    router: Router = field(default_factory=Router)
+    jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="job"))
+    _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    _seen: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- who may do what ----------------------------------------------------------------------
+    def group_members(self, group_id: str) -> frozenset[str]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._groups.get(group_id)
+            if cached and now - cached[0] < GROUP_CACHE_SECONDS:
+                return cached[1]
+        try:
+            users = frozenset(self.client.usergroups_users_list(usergroup=group_id).get("users", []))
+        except SlackApiError as exc:
+            log.warning("cannot resolve user group %s: %s", group_id, exc.response.get("error"))
+            users = frozenset()
+        with self._lock:
+            self._groups[group_id] = (now, users)
+        return users
+
+    def matches(self, user_id: str, entries: tuple[str, ...]) -> bool:
+        """Is the user listed, directly or through a user group (S…)?"""
+        if user_id in entries:
+            return True
+        return any(e.startswith("S") and user_id in self.group_members(e) for e in entries)
+
+    def is_operator(self, user_id: str) -> bool:
+        ops = self.settings.slack.operators
+        return not ops or self.matches(user_id, ops)
+
+    def channel_allowed(self, channel_id: str) -> bool:
+        s = self.settings.slack
+        return channel_id == s.channel or channel_id in s.allowed_channels or not s.channel
+
+    def first_time(self, key: str) -> bool:
+        """False when the same request (e.g. a trigger_id) was already handled recently."""
+        now = time.monotonic()
+        with self._lock:
+            for k, t in list(self._seen.items()):
+                if now - t > SEEN_TTL_SECONDS:
+                    del self._seen[k]
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            return True
+
+    def audit(self, action: str, user_id: str, **details: Any) -> None:
+        self.core.catalog.audit(action, actor=user_id, source="slack",
+                                target=details.pop("target", None), backup_id=details.pop("backup_id", None),
+                                details=details)
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run slow work off the ack path; failures are logged with an id, never swallowed."""
+
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BackupbotError as exc:
+                log.warning("background job failed: %s", exc.message)
+                raise
+            except Exception:
+                log.exception("background job crashed (job id %s)", uuid.uuid4().hex[:8])
+                raise
+
+        return self.jobs.submit(run)
+
+
+def validate_slack_settings(settings: Settings, *, http: bool) -> None:
+    s = settings.slack
+    if not s.bot_token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set (the xoxb- token from OAuth & Permissions)", "SLACK_BOT_TOKEN")
+    if http and not s.signing_secret:
+        raise ConfigError("SLACK_SIGNING_SECRET is required in HTTP mode (Basic Information > App Credentials)",
+                          "SLACK_SIGNING_SECRET")
+    if not http and not s.app_token:
+        raise ConfigError("SLACK_APP_TOKEN (xapp-…) is required for Socket Mode, or run with --http",
+                          "SLACK_APP_TOKEN")
+    if not s.channel or s.channel[0] not in "CG":
+        raise ConfigError("SLACK_CHANNEL must be a channel id like C0123456789 (channel details, at the bottom)",
+                          "SLACK_CHANNEL")
+
+
+def create_app(settings: Settings, services: Services, *, client: WebClient | None = None,
+               token_verification: bool = True) -> tuple[App, AppContext]:
+    """Build the Bolt app and register every listener module."""
+    client = client or make_client(settings)
+    app = App(
+        token=settings.slack.bot_token,
+        signing_secret=settings.slack.signing_secret or "unused-in-socket-mode",
+        client=client,
+        token_verification_enabled=token_verification,
+        raise_error_for_unhandled_request=False,
+    )
+    ctx = AppContext(settings=settings, core=services, client=client,
+                     notifier=Notifier(client, settings.slack.channel))
+
+    @app.error
+    def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> None:
+        error_id = uuid.uuid4().hex[:8]
+        logger.error("unhandled error %s: %s", error_id, redact(error), exc_info=error)
+        user = (body.get("user") or {}).get("id") or body.get("user_id")
+        channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
+        if user and channel:
+            ctx.notifier.ephemeral(user, f":warning: Something went wrong (error id `{error_id}`); "
+                                         "the bot's log has the details.", channel=channel)
+
+    from commands import register_all
+
+    register_all(app, ctx)
+    return app, ctx

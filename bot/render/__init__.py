@@ -1,0 +1,1 @@
+"""Message rendering: pure functions from core results to Block Kit (and plain text)."""

@@ -1,0 +1,91 @@
+"""`backupbot run`: build the services and the Slack app, start the background parts (scheduler,
+sweeps) registered as start hooks, and serve Slack in Socket Mode or HTTP mode until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from bot.app import AppContext, create_app, validate_slack_settings
+from bot.config import Settings, parse_duration
+from bot.core.catalog import iso, utcnow
+from bot.services import build_services
+
+log = logging.getLogger(__name__)
+
+# Feature modules append callables run once the app is built: f(ctx) -> optional stop function.
+START_HOOKS: list[Callable[[AppContext], Callable[[], None] | None]] = []
+
+
+def health(ctx: AppContext) -> dict[str, Any]:
+    """GET /healthz: ok, the last good backup per target, the next scheduled run."""
+    now = utcnow()
+    targets: dict[str, Any] = {}
+    ok = True
+    max_age = parse_duration(ctx.settings.extra.get("MAX_BACKUP_AGE") or "26h", "MAX_BACKUP_AGE")
+    for name in ctx.settings.targets:
+        last = ctx.core.catalog.latest_good(name)
+        age = (now - last.created_at).total_seconds() if last else None
+        stale = last is None or age is None or age > max_age.total_seconds()
+        ok = ok and not stale
+        targets[name] = {"last_good_backup": {"id": last.id, "created_at": iso(last.created_at), "age_s": int(age or 0)}
+                         if last else None, "stale": stale}
+    next_run = getattr(ctx, "next_run", None)
+    first = next(iter(targets.values()), {})
+    return {
+        "ok": ok,
+        "last_good_backup": first.get("last_good_backup"),
+        "next_scheduled_run": next_run() if callable(next_run) else None,
+        "targets": targets,
+    }
+
+
+def start_hooks(ctx: AppContext) -> list[Callable[[], None]]:
+    stops: list[Callable[[], None]] = []
+    for hook in START_HOOKS:
+        stop = hook(ctx)
+        if stop:
+            stops.append(stop)
+    return stops
+
+
+def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0") -> int:
+    use_http = http or not settings.slack.app_token
+    validate_slack_settings(settings, http=use_http)
+    services = build_services(settings)
+    app, ctx = create_app(settings, services)
+    stops = start_hooks(ctx)
+    stopped = threading.Event()
+
+    def shutdown(*_a: Any) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    try:
+        if use_http:
+            from bot.server import make_server
+
+            server = make_server(app, lambda: health(ctx), host, port)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            print(f"backupbot: HTTP mode on {host}:{server.server_address[1]} (POST /slack/events, GET /healthz)",
+                  flush=True)
+            stopped.wait()
+            server.shutdown()
+        else:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            handler = SocketModeHandler(app, settings.slack.app_token)
+            handler.connect()
+            print("backupbot: connected in Socket Mode", flush=True)
+            stopped.wait()
+            handler.close()
+    finally:
+        for stop in stops:
+            stop()
+        ctx.jobs.shutdown(wait=False, cancel_futures=True)
+    return 0
