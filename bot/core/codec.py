@@ -73,10 +73,26 @@ class Fanout:
         self.writers.clear()
 
 
+def compression_params(level: int, threads: int) -> zstandard.ZstdCompressionParameters:
+    """zstd parameters for pg_dump's custom archives.
+
+    A custom archive written with -Z0 frames every COPY row with a 5-byte length, which costs
+    plain zstd ratio. Matching at least 6 bytes with a larger hash table skips the framing noise:
+    on CRM-like text, level 4 tuned so is smaller than `gzip -6` of the plain dump at about the
+    CPU cost of plain level 4 (bench/, README). The content checksum lets zstd itself catch a
+    corrupted frame on restore.
+    """
+    params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=1)
+    if level >= 3:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, write_checksum=1, min_match=6, hash_log=max(19, params.hash_log))
+    return params
+
+
 def encode(source: BinaryIO, sink: Fanout, *, level: int, threads: int = 0,
            recipients: tuple[str, ...] = ()) -> None:
     """Compress (and encrypt, when recipients are given) ``source`` into ``sink``."""
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    cctx = zstandard.ZstdCompressor(compression_params=compression_params(level, threads))
     if not recipients:
         cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,10 +131,6 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         row = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()
         snapshot = str(row[0]) if row else ""
 
-        roles_sql = pg_dumpall.run(
-            ["--roles-only", "--no-role-passwords", "--no-password", f"--dbname={info.safe_conninfo()}"], info
-        ).stdout
-
         args = ["--format=custom", "--compress=0", "--no-password", f"--snapshot={snapshot}",
                 f"--dbname={info.safe_conninfo()}"]
         for schema in profile.excluded:
@@ -141,21 +138,27 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         writers: dict[str, CopyWriter] = {s.name: s.open_writer(keys["dump"]) for s in usable}
         sink = Fanout(writers, progress)
         proc = pg_dump.popen(args, info)
+        # The roles dump and the manifest's counts (same snapshot) run beside the stream: they
+        # use the server while this thread compresses.
+        side = _SideWork(lambda: pg_dumpall.run(
+            ["--roles-only", "--no-role-passwords", "--no-password", f"--dbname={info.safe_conninfo()}"], info
+        ).stdout, lambda: inspect_database(snap_conn, exact_max_rows=settings.exact_count_max_rows,
+                                           excluded_schemas=tuple(profile.excluded)))
         try:
             assert proc.proc.stdout is not None
             encode(proc.proc.stdout, sink, level=settings.compression_level,
                    threads=settings.compression_threads, recipients=settings.encryption.recipients)
             proc.check()
+            roles_sql, facts = side.result()
         except BaseException:
             proc.kill()
             sink.abort()
+            side.join()
             raise
         finally:
             if proc.proc.stdout:
                 proc.proc.stdout.close()
         failed.update({name: getattr(e, "message", str(e)) for name, e in sink.failed.items()})
-        facts = inspect_database(snap_conn, exact_max_rows=settings.exact_count_max_rows,
-                                 excluded_schemas=tuple(profile.excluded))
         snap_conn.execute("COMMIT")
 
     sha256 = sink.sha.hexdigest()
@@ -228,6 +231,32 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         "verify_status": "unverified", "run_id": run_id,
     }, copies)
     return BackupOutcome(catalog.get(backup_id), failed)
+
+
+class _SideWork:
+    """Two callables run in one background thread; result() re-raises their exception."""
+
+    def __init__(self, first: Callable[[], Any], second: Callable[[], Any]) -> None:
+        self._out: list[Any] = []
+        self._err: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._out = [first(), second()]
+            except BaseException as exc:  # handed to the caller in result()
+                self._err = exc
+
+        self._thread = threading.Thread(target=run, name="backup-side", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> tuple[Any, Any]:
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out[0], self._out[1]
 
 
 def _maybe_encrypt(data: bytes, recipients: tuple[str, ...]) -> bytes:

@@ -164,6 +164,7 @@ def restore(
     progress: Callable[[str], None] | None = None,
     extra_pg_restore_args: Sequence[str] = (),
     toc_filter: Callable[[list[toc.TocEntry]], list[toc.TocEntry]] | None = None,
+    maintenance_work_mem: str = "512MB",
     after_restore: Callable[[psycopg.Connection[Any], Report], None] | None = None,
 ) -> RestoreOutcome:
     """Run one restore. ``dest_url`` is the server/database chosen by the caller (services)."""
@@ -219,7 +220,7 @@ def restore(
             args += ["--use-list", str(list_file)]
         args += list(extra_pg_restore_args)
         try:
-            _stream_restore(backup, storage, pg_restore, args, info, identity_file)
+            _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
         finally:
             if list_file is not None:
                 list_file.unlink(missing_ok=True)
@@ -279,10 +280,13 @@ def _qualified(table: str | None) -> str | None:
 
 
 def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args: list[str],
-                    info: ConnInfo, identity_file: Path | None) -> None:
+                    info: ConnInfo, identity_file: Path | None, work_mem: str) -> None:
     reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
                            f"the {storage.name} copy of {backup.id}")
-    env_info = ConnInfo({**info.params, "options": "-c lock_timeout=60s"})
+    # lock_timeout: a restore waiting on the application's locks fails clearly instead of hanging;
+    # maintenance_work_mem: index and constraint builds sort in memory (the slow part of a load).
+    ours = f"-c lock_timeout=60s -c maintenance_work_mem={work_mem}"
+    env_info = ConnInfo({**info.params, "options": f"{info.params.get('options', '')} {ours}".strip()})
     proc = pg_restore.popen(args, env_info, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     sink = ProcessSink(proc.proc.stdin)  # type: ignore[arg-type]
     try:
