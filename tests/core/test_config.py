@@ -1,0 +1,74 @@
+"""Configuration is validated once; every bad value is one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import load_settings, parse_duration, read_env_file
+from bot.errors import ConfigError
+
+URL = "postgresql://u:pw@db.example.com:5432/crm"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "invalid configuration: DATABASE_URL is not set (or give targets in BACKUPBOT_CONFIG) (DATABASE_URL)"),
+        ({"DATABASE_URL": "not a url at all ==="}, "invalid configuration: not a valid PostgreSQL connection URL (DATABASE_URL)"),
+        ({"DATABASE_URL": URL, "RETENTION_DAILY": "-1"}, "RETENTION_DAILY must be at least 0, got -1 (RETENTION_DAILY)"),
+        ({"DATABASE_URL": URL, "COMPRESSION_LEVEL": "25"}, "must be between 1 and 19 (COMPRESSION_LEVEL)"),
+        ({"DATABASE_URL": URL, "BACKUP_TIMEZONE": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus' (BACKUP_TIMEZONE)"),
+        ({"DATABASE_URL": URL, "S3_BUCKET": "b", "S3_SSE": "rot13"}, "must be AES256 or aws:kms, got 'rot13' (S3_SSE)"),
+        ({"DATABASE_URL": URL, "ENCRYPTION_RECIPIENTS": "ssh-ed25519 AAAA"}, "(ENCRYPTION_RECIPIENTS)"),
+        ({"DATABASE_URL": URL, "BACKUP_PROFILE": "oracle"}, "must be auto, supabase or plain, got 'oracle' (BACKUP_PROFILE)"),
+        ({"DATABASE_URL": URL, "RESTORE_MAINTENANCE_WORK_MEM": "lots"}, "(RESTORE_MAINTENANCE_WORK_MEM)"),
+    ],
+)
+def test_bad_values_are_one_clear_line_naming_the_variable(env, message):
+    with pytest.raises(ConfigError) as err:
+        load_settings(env, env_file=None)
+    assert message in err.value.message
+    assert "\n" not in err.value.message and "pw@" not in err.value.message
+
+
+def test_env_only_single_target_works_with_nothing_else():
+    s = load_settings({"DATABASE_URL": URL}, env_file=None)
+    assert list(s.targets) == ["default"] and s.default_target == "default"
+    assert str(s.backup_dir) == "backups" and str(s.catalog_path) == "backupbot.db"
+    assert (s.retention.daily, s.retention.min_verified) == (7, 3)
+    assert s.s3 is None and not s.encryption.enabled
+    assert "pw" not in repr(s)
+
+
+def test_named_targets_from_a_toml_file_read_urls_from_the_environment(tmp_path):
+    cfg = tmp_path / "backupbot.toml"
+    cfg.write_text('default_target = "prod"\n[targets.prod]\ndatabase_url_env = "PROD_URL"\nprofile = "supabase"\n'
+                   '[targets.staging]\ndatabase_url = "postgresql://s@staging/crm"\nschedule = "*/15 * * * *"\n')
+    s = load_settings({"BACKUPBOT_CONFIG": str(cfg), "PROD_URL": URL}, env_file=None)
+    assert s.default_target == "prod" and s.target(None).profile == "supabase"
+    assert s.target("staging").schedule == "*/15 * * * *"
+    with pytest.raises(Exception, match="unknown target 'qa' \\(known targets: prod, staging\\)"):
+        s.target("qa")
+    with pytest.raises(ConfigError, match="PROD_URL is not set"):
+        load_settings({"BACKUPBOT_CONFIG": str(cfg)}, env_file=None)
+
+
+def test_dotenv_file_is_read_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text('# comment\nexport DATABASE_URL="postgresql://a@h/db"\nRETENTION_DAILY=9  # nine\nBACKUP_DIR=/x\n')
+    assert read_env_file(env_file)["RETENTION_DAILY"] == "9"
+    s = load_settings({"BACKUP_DIR": "/from-env"}, env_file=env_file)
+    assert s.retention.daily == 9 and str(s.backup_dir) == "/from-env"
+    env_file.write_text("this line has no equals sign\n")
+    with pytest.raises(ConfigError, match="line 1 is not KEY=VALUE"):
+        load_settings({}, env_file=env_file)
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("26h", 93600), ("90m", 5400), ("2d", 172800), ("45s", 45), ("1.5", 5400)])
+def test_durations(raw, seconds):
+    assert parse_duration(raw, "X").total_seconds() == seconds
+
+
+def test_bad_duration_names_the_variable():
+    with pytest.raises(ConfigError, match=r"'soon' is not a duration like 26h, 90m or 2d \(MAX_BACKUP_AGE\)"):
+        parse_duration("soon", "MAX_BACKUP_AGE")
