@@ -27,7 +27,8 @@ def utcnow() -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if dt else None
+    # Milliseconds: backups taken within one second must still sort in the order they were taken.
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if dt else None
 
 
 def parse_iso(s: str | None) -> datetime | None:
@@ -162,6 +163,22 @@ class Backup:
         }
 
 
+class _LockedDatabase(sqlite_utils.Database):
+    """sqlite-utils 4 runs every query() inside a SAVEPOINT, which opens a transaction on the
+    shared connection: an unlocked read in one thread would collide with another thread's
+    BEGIN IMMEDIATE ("cannot start a transaction within a transaction"). So reads take the
+    catalog's lock too, and their rows are fetched before it is released."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._catalog_lock = lock
+        super().__init__(conn)
+
+    def query(self, sql: str, params: Any = None) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        with self._catalog_lock:
+            rows = list(super().query(sql, params))
+        return iter(rows)
+
+
 class Catalog:
     """Thread-safe access to the catalog database (one connection, one lock)."""
 
@@ -173,8 +190,8 @@ class Catalog:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self.db = _LockedDatabase(conn, self._lock)
         self.migrate()
 
     # -- plumbing ---------------------------------------------------------------------------

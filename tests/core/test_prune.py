@@ -1,0 +1,56 @@
+"""Retention prunes every destination, never below the verified minimum; --dry-run deletes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_prune_deletes_older_backups_from_local_and_s3_and_dry_run_only_lists(crm_db, make_services, s3_bucket,
+                                                                              s3_client, tmp_path):
+    # GIVEN three backups today, copied to local disk and S3, and a policy keeping one per day
+    env = {"S3_BUCKET": s3_bucket.bucket, "S3_ENDPOINT_URL": s3_bucket.endpoint_url or "", "S3_REGION": "us-east-1",
+           "RETENTION_DAILY": "1", "RETENTION_WEEKLY": "0", "RETENTION_MONTHLY": "0", "RETENTION_MIN_VERIFIED": "0"}
+    services = make_services(crm_db, **env)
+    ids = [services.backup(actor="t", source="cli").backup.id for _ in range(3)]
+    # WHEN pruning as a dry run
+    dry = services.prune(dry_run=True, actor="t", source="cli")[0]
+    # THEN it names the two older backups and deletes nothing
+    assert sorted(dry.decision.delete) == sorted(ids[:2]) and dry.deleted == []
+    assert len(services.list_backups()) == 3
+    # WHEN pruning for real
+    real = services.prune(dry_run=False, actor="t", source="cli")[0]
+    # THEN the two older backups are gone from the catalog, the disk and the bucket
+    assert sorted(real.deleted) == sorted(ids[:2])
+    assert [b.id for b in services.list_backups()] == [ids[2]]
+    local = sorted(p.name for p in (tmp_path / "backups" / "prod").iterdir())
+    assert all(not name.startswith((ids[0], ids[1])) for name in local) and any(n.startswith(ids[2]) for n in local)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket.bucket).get("Contents", [])]
+    assert keys and all(ids[2] in k for k in keys)
+    assert services.catalog.audit_events(action="prune")[0]["actor"] == "t"
+
+
+def test_min_verified_protects_verified_backups(crm_db, make_services):
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_WEEKLY="0", RETENTION_MONTHLY="0",
+                             RETENTION_MIN_VERIFIED="2")
+    ids = [services.backup(actor="t", source="cli").backup.id for _ in range(3)]
+    for backup_id in ids[:2]:
+        assert all(c.ok for c in services.verify(backup_id, actor="t", source="cli"))
+    result = services.prune(dry_run=False, actor="t", source="cli")[0]
+    # the newest (unverified) is kept as "newest"; the two verified ones by min-verified
+    assert result.deleted == []
+    assert set(result.decision.keep) == set(ids)
+
+
+def test_cli_prune_dry_run_prints_what_would_go(crm_db, tmp_path):
+    env = {**os.environ, "DATABASE_URL": crm_db, "BACKUP_DIR": str(tmp_path / "b"), "BACKUPBOT_DB": str(tmp_path / "c.db"),
+           "RETENTION_DAILY": "1", "RETENTION_MIN_VERIFIED": "0", "RETENTION_WEEKLY": "0", "RETENTION_MONTHLY": "0"}
+    run = [sys.executable, "-m", "bot"]
+    first = subprocess.run([*run, "backup"], env=env, capture_output=True, text=True, cwd=tmp_path).stdout.split()[-1]
+    subprocess.run([*run, "backup"], env=env, capture_output=True, text=True, cwd=tmp_path, check=True)
+    out = subprocess.run([*run, "prune", "--dry-run"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and f"would delete {first}" in out.stdout
+    listed = json.loads(subprocess.run([*run, "list", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path).stdout)
+    assert len(listed) == 2
