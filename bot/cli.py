@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from bot import cli_schedules
 from bot.config import Settings, load_settings
 from bot.core.redact import install_log_redaction, redact
 from bot.errors import BackupbotError
@@ -146,6 +147,50 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.core.scheduler import next_backup_from_config
+    from bot.core.status import gather_status
+    from bot.render.backup import status_text
+
+    report = gather_status(_services(settings), target=args.target,
+                           next_run=lambda: next_backup_from_config(settings))
+    print(json.dumps(report.as_json(), indent=2) if args.json else status_text(report, settings.tz))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.core.catalog import Catalog
+    from bot.render.audit import MAX_N, audit_line
+
+    # The catalog alone: reading the log must not settle runs a live bot is doing.
+    events = Catalog(settings.catalog_path).audit_events(max(1, min(args.n, MAX_N)))
+    if args.json:
+        print(json.dumps([{**e, "details": json.loads(e["details"] or "{}")} for e in events], indent=2))
+        return 0
+    for e in events:
+        print(audit_line(e, settings.tz))
+    if not events:
+        print("the audit log is empty")
+    return 0
+
+
+def cmd_restore_requests(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.core.approvals import ApprovalStore
+    from bot.core.catalog import Catalog
+
+    requests = ApprovalStore(Catalog(settings.catalog_path)).recent(status=None if args.all else "pending")
+    if args.json:
+        print(json.dumps([r.as_json() for r in requests], indent=2))
+        return 0
+    if not requests:
+        print("no pending restore requests" if not args.all else "no restore requests")
+    for r in requests:
+        print(f"#{r.id} {r.status:<9} {r.backup_id} -> {r.target} ({r.mode}{', ' + r.table if r.table else ''}) "
+              f"by {r.requester}, expires {r.expires_at.astimezone(settings.tz):%Y-%m-%d %H:%M %Z}"
+              + (f", decided by {r.decided_by}" if r.decided_by else ""))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runner import run_bot
 
@@ -160,8 +205,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "backup": cmd_backup, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
-    "prune": cmd_prune, "demo": cmd_demo, "run": cmd_run,
+    "prune": cmd_prune, "demo": cmd_demo, "run": cmd_run, "status": cmd_status,
 }
+COMMANDS.update({"audit": cmd_audit, "restore-requests": cmd_restore_requests})
+COMMANDS.update(cli_schedules.COMMANDS)  # checklist, drill, schedule
 NEEDS_NO_SETTINGS = {"demo"}
 
 
@@ -188,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = r.add_mutually_exclusive_group()
     where.add_argument("--into", metavar="NEWDB", help="new database name on the target's server")
     where.add_argument("--in-place", action="store_true", help="over the target itself, in one transaction")
-    where.add_argument("--to", metavar="URL", help="into the database at URL (e.g. a fresh project)")
+    where.add_argument("--to", metavar="URL", help="into the database at URL or of a configured target (e.g. a fresh project)")
     r.add_argument("--yes", action="store_true", help="confirm --in-place / --to")
     r.add_argument("--table", metavar="SCHEMA.NAME", help="restore one table")
     r.add_argument("--target", help="named target whose server receives the restore")
@@ -198,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the retention policy")
     pr.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     pr.add_argument("--target")
+
+    st = sub.add_parser("status", help="last good backup, next run, retention, storage, database size, alerts")
+    st.add_argument("--target", help="only this target")
+    st.add_argument("--json", action="store_true", help="a JSON object (the same data /backup status shows)")
+
+    au = sub.add_parser("audit", help="show the most recent audit events")
+    au.add_argument("n", nargs="?", type=int, default=20, help="how many (default 20, at most 100)")
+    au.add_argument("--json", action="store_true", help="a JSON array")
+
+    rr = sub.add_parser("restore-requests", help="list pending restore requests (approved in Slack)")
+    rr.add_argument("--all", action="store_true", help="every request, not only pending ones")
+    rr.add_argument("--json", action="store_true", help="a JSON array")
+
+    cli_schedules.add_parsers(sub)
 
     run = sub.add_parser("run", help="run the Slack bot (Socket Mode, or --http) with its schedules")
     run.add_argument("--http", action="store_true", help="serve Slack at POST /slack/events instead of Socket Mode")

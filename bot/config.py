@@ -7,6 +7,7 @@ Validated once at start-up into a frozen object; a bad value is reported as
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,12 +87,14 @@ class Settings:
     s3: S3Settings | None = None
     retention: RetentionPolicy = RetentionPolicy()
     encryption: EncryptionSettings = EncryptionSettings()
-    compression_level: int = 3
-    compression_threads: int = 0  # 0: zstd's default single-threaded
+    compression_level: int = 4
+    compression_threads: int = 2  # zstd worker threads; 0: compress in the calling thread
     exact_count_max_rows: int = 1_000_000
     timezone: str = "UTC"
     pg_bindir: Path | None = None
     post_restore_command: str | None = None
+    restore_work_mem: str = "512MB"  # maintenance_work_mem of the restore session (index builds)
+    post_restore_timeout_s: int = 600  # POST_RESTORE_TIMEOUT, seconds
     slack: SlackSettings = SlackSettings()
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)  # raw values, for later features
 
@@ -142,6 +145,12 @@ def parse_duration(raw: str, where: str) -> timedelta:
         return timedelta(hours=float(text))
     except ValueError:
         raise ConfigError(f"{raw!r} is not a duration like 26h, 90m or 2d", where) from None
+
+
+def _memory(raw: str) -> str:
+    if not re.fullmatch(r"\d+(kB|MB|GB)", raw.strip()):
+        raise ConfigError(f"must be a size like 512MB or 1GB, got {raw!r}", "RESTORE_MAINTENANCE_WORK_MEM")
+    return raw.strip()
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:
@@ -289,7 +298,7 @@ def load_settings(
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"unknown time zone {tz!r}", "BACKUP_TIMEZONE") from None
 
-    level = r.int("COMPRESSION_LEVEL", 3, minimum=1)
+    level = r.int("COMPRESSION_LEVEL", 4, minimum=1)
     if level > 19:
         raise ConfigError("must be between 1 and 19", "COMPRESSION_LEVEL")
 
@@ -326,11 +335,13 @@ def load_settings(
         ),
         encryption=encryption,
         compression_level=level,
-        compression_threads=r.int("COMPRESSION_THREADS", 0),
+        compression_threads=r.int("COMPRESSION_THREADS", min(2, os.cpu_count() or 1)),
         exact_count_max_rows=r.int("EXACT_COUNT_MAX_ROWS", 1_000_000),
         timezone=tz,
         pg_bindir=Path(bindir) if bindir else None,
         post_restore_command=r.str("POST_RESTORE_COMMAND"),
+        restore_work_mem=_memory(r.str("RESTORE_MAINTENANCE_WORK_MEM", "512MB") or "512MB"),
+        post_restore_timeout_s=r.int("POST_RESTORE_TIMEOUT", 600, minimum=1),
         slack=slack,
         extra=dict(env),
     )

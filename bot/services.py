@@ -85,6 +85,16 @@ class Services:
         finally:
             lock.release()
 
+    def settle_interrupted_backups(self) -> None:
+        """Mark backup runs left 'running' by a crash as failed — only for targets whose lock we
+        can take, so a CLI command never settles a backup a live bot (or another CLI) is taking."""
+        for name in self.settings.targets:
+            try:
+                with self.target_lock(name):
+                    self.catalog.mark_abandoned_runs(kind="backup", target=name)
+            except BackupBusy:
+                continue
+
     def running(self, target: str) -> dict[str, Any] | None:
         rows = self.catalog.runs(kind="backup", target=target, status="running", limit=1)
         return rows[0] if rows else None
@@ -94,6 +104,8 @@ class Services:
                tags: Sequence[str] = (), progress: Callable[[int, float], None] | None = None) -> BackupOutcome:
         t = self.settings.target(target)
         with self.target_lock(t.name):
+            # Holding the lock, any backup run of this target still 'running' was cut short.
+            self.catalog.mark_abandoned_runs(kind="backup", target=t.name)
             self.catalog.audit("backup.start", actor=actor, source=source, target=t.name, details={"kind": kind})
             try:
                 outcome = run_backup(self.settings, t, self.catalog, self.storages, actor=actor, source=source,
@@ -116,7 +128,9 @@ class Services:
     def get_backup(self, backup_id: str) -> Backup:
         return self.catalog.get(backup_id.strip())
 
-    def verify(self, backup_id: str, *, actor: str, source: str) -> list[CopyCheck]:
+    def verify(self, backup_id: str, *, actor: str, source: str, notify: bool = True) -> list[CopyCheck]:
+        """Verify every copy; ``notify=False`` for callers that raise one summary alert themselves
+        (the weekly integrity check)."""
         backup = self.get_backup(backup_id)
         run_id = self.catalog.start_run("verify", backup.target, actor, source, {"backup_id": backup.id})
         results = verify_backup(backup, self.storages, self.catalog,
@@ -126,7 +140,7 @@ class Services:
         self.catalog.finish_run(run_id, "ok" if ok else "failed", backup_id=backup.id, error=errors)
         self.catalog.audit("verify", actor=actor, source=source, target=backup.target, backup_id=backup.id,
                            details={"ok": ok})
-        if not ok:
+        if not ok and notify:
             self.emit("verify.failed", target=backup.target, backup_id=backup.id, error=errors or "no copy to verify")
         return results
 
@@ -137,6 +151,8 @@ class Services:
         if req.mode == "to":
             if not req.to_url:
                 raise RestoreError("--to needs a database URL")
+            if req.to_url in self.settings.targets:  # a named target from configuration
+                return self.settings.targets[req.to_url].database_url, None
             return req.to_url, None
         target = self.settings.target(req.target or backup.target)
         info = ConnInfo.parse(target.database_url)
@@ -147,6 +163,7 @@ class Services:
 
     def restore(self, req: RestoreRequest, *, actor: str, source: str,
                 progress: Callable[[str], None] | None = None, safety_backup: bool = True,
+                on_safety_backup: Callable[[Backup], None] | None = None,
                 ) -> tuple[RestoreOutcome, Backup | None]:
         backup = self.get_backup(req.backup_id)
         dest_url, target = self.restore_destination(req, backup)
@@ -159,12 +176,15 @@ class Services:
                 (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
                 safety = self.backup(target.name, actor=actor, source=source, kind="pre-restore",
                                      tags=("pre-restore",)).backup
+                if on_safety_backup is not None:  # callers report it before the restore starts
+                    on_safety_backup(safety)
             from bot.core import supabase_restore
 
             outcome = restore(
                 request=req, backup=backup, dest_url=dest_url, catalog=self.catalog, storages=self.storages,
                 identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir,
-                actor=actor, source=source, progress=progress, **supabase_restore.restore_hooks(backup, dest_url),
+                actor=actor, source=source, progress=progress, maintenance_work_mem=self.settings.restore_work_mem,
+                **supabase_restore.restore_hooks(backup, dest_url, req),
             )
         except BackupbotError as exc:
             self.catalog.audit("restore.failed", actor=actor, source=source, backup_id=backup.id,
@@ -229,7 +249,7 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     services = Services(settings)
-    services.catalog.mark_abandoned_runs()
+    services.settle_interrupted_backups()
     from bot.core.storage.local import remove_stale_partials
 
     if Path(settings.backup_dir).exists():

@@ -71,3 +71,76 @@ def test_manifest_bot_user_is_backupbot(manifest: dict[str, Any]) -> None:
     bot_user = manifest["features"]["bot_user"]
     assert bot_user == {"display_name": "backupbot", "always_online": True}
     assert manifest["display_information"]["name"] == "backupbot"
+
+
+# Every interactive id the code may register, with what renders it. A new button, modal or menu
+# needs a line here: Slack only delivers interactions the app was built to expect.
+EXPECTED_INTERACTIONS = {
+    "alert_retry": "Retry button on failure alerts (commands/alerts.py)",
+    "restore_approve": "Approve button on a restore request (commands/restore.py)",
+    "restore_reject": "Reject button on a restore request (commands/restore.py)",
+    "restore_cancel": "Cancel button on a restore request (commands/restore.py)",
+    "restore_confirm_in_place": "in-place restore confirmation modal (commands/restore.py)",
+    r"^checklist_tick_\d+$": "checklist item boxes, one per item (commands/checklist.py)",
+}
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict[str, list[str]], Any]:
+    """What create_app registers on the real Bolt app, recorded as it happens."""
+    import re
+
+    from slack_bolt import App
+    from slack_sdk import WebClient
+
+    import bot.app
+    from bot.config import load_settings
+    from bot.services import Services
+
+    seen: dict[str, list[str]] = {k: [] for k in ("command", "action", "view", "options", "shortcut", "event", "message")}
+
+    def name(constraint: Any) -> str:
+        if isinstance(constraint, re.Pattern):
+            return constraint.pattern
+        if isinstance(constraint, dict):  # e.g. {"action_id": ..., "block_id": ...}
+            return name(constraint.get("action_id") or constraint.get("callback_id"))
+        return str(constraint)
+
+    def recorder(kind: str) -> Any:
+        def method(self: App, constraint: Any = None, *args: Any, **kwargs: Any) -> Any:
+            seen[kind].append(name(constraint))
+            return getattr(App, kind)(self, constraint, *args, **kwargs)
+        return method
+
+    recording_app = type("RecordingApp", (App,), {kind: recorder(kind) for kind in seen})
+    monkeypatch.setattr(bot.app, "App", recording_app)
+    settings = load_settings({"DATABASE_URL": "postgresql://u@127.0.0.1:9/db", "BACKUP_DIR": str(tmp_path / "b"),
+                              "BACKUPBOT_DB": str(tmp_path / "c.db"), "SLACK_BOT_TOKEN": "xoxb-manifest-test",
+                              "SLACK_SIGNING_SECRET": "s", "SLACK_CHANNEL": "C0TEST"}, env_file=None)
+    client = WebClient(token="xoxb-manifest-test", base_url="http://127.0.0.1:9/")  # never called
+    _app, ctx = bot.app.create_app(settings, Services(settings), client=client, token_verification=False)
+    ctx.jobs.shutdown(wait=False)
+    return seen, ctx
+
+
+def test_code_registers_exactly_the_manifest_commands_and_usage(manifest: dict[str, Any], registered: Any) -> None:
+    # GIVEN the app as create_app builds it
+    seen, ctx = registered
+    # THEN it listens for exactly the manifest's slash commands
+    assert sorted(seen["command"]) == sorted(c["command"] for c in manifest["features"]["slash_commands"])
+    # AND the manifest's usage hint advertises exactly the subcommands the router knows
+    hint = manifest["features"]["slash_commands"][0]["usage_hint"]
+    advertised = {part.split()[0] for part in hint.split(" | ")}  # "|" inside [..] is an option
+    assert advertised == set(ctx.router.subcommands)
+
+
+def test_every_interaction_the_code_registers_is_expected(manifest: dict[str, Any], registered: Any) -> None:
+    seen, _ctx = registered
+    interactive = seen["action"] + seen["view"] + seen["options"] + seen["shortcut"]
+    unexpected = sorted(set(interactive) - EXPECTED_INTERACTIONS.keys())
+    assert not unexpected, f"registered but not in EXPECTED_INTERACTIONS: {unexpected}"
+    assert "alert_retry" in seen["action"]
+    if interactive:
+        assert manifest["settings"]["interactivity"]["is_enabled"] is True
+    # No event listeners, matching a manifest without event subscriptions.
+    assert seen["event"] == [] and seen["message"] == []

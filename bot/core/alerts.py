@@ -69,8 +69,10 @@ class Alerts:
         with self.catalog.tx() as db:
             row = self._open_row(kind, target)
             if row:
-                db["alerts"].update(row["id"], {"message": redact(message), "detail": redact(detail)[-3000:],
-                                                "hint": hint, "count": (row["count"] or 1) + 1})
+                # A repeat may come without the advice the first report had: keep what we know.
+                db["alerts"].update(row["id"], {"message": redact(message),
+                                                "detail": redact(detail)[-3000:] or row["detail"],
+                                                "hint": hint or row["hint"], "count": (row["count"] or 1) + 1})
                 alert_id, new = row["id"], False
             else:
                 table = db["alerts"]  # last_pk lives on this Table object, not on a new db["alerts"]

@@ -271,12 +271,15 @@ class Catalog:
             raise NotFound(f"no run {run_id}")
         return rows[0]
 
-    def mark_abandoned_runs(self) -> int:
-        """Runs left 'running' by a crash are failures: say so instead of leaving them open."""
+    def mark_abandoned_runs(self, *, kind: str | None = None, target: str | None = None) -> int:
+        """Runs left 'running' by a crash are failures: say so instead of leaving them open.
+        Callers must know nobody runs them now (services holds the target's lock)."""
+        where, params = self._where(kind=kind, target=target)
+        where = (where + " AND " if where else "WHERE ") + "status = 'running'"
         with self.tx() as db:
             cur = db.execute(
-                "UPDATE runs SET status='failed', finished_at=?, error='interrupted: backupbot stopped while this ran' "
-                "WHERE status='running'", [iso(utcnow())])
+                f"UPDATE runs SET status='failed', finished_at=?, "
+                f"error='interrupted: backupbot stopped while this ran' {where}", [iso(utcnow()), *params])
             return cur.rowcount
 
     # -- backups ----------------------------------------------------------------------------

@@ -126,6 +126,15 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                 f"user {info.user} cannot read schema(s) {', '.join(blocked)} on {info.describe()}: "
                 "grant USAGE (and SELECT on its tables) or list them in EXCLUDE_SCHEMAS"
             )
+        # pg_dump locks every table it dumps and reads every sequence: one it may not read aborts
+        # the whole dump, so name them all up front.
+        unreadable = profiles.unreadable_relations(snap_conn, profile)
+        if unreadable:
+            raise DumpError(
+                f"user {info.user} cannot read {', '.join(unreadable[:10])}"
+                + (f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else "")
+                + f" on {info.describe()}: grant SELECT or exclude their schema in EXCLUDE_SCHEMAS"
+            )
         # One snapshot for pg_dump and for the manifest's row counts: they describe the same data.
         snap_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()
@@ -135,6 +144,8 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                 f"--dbname={info.safe_conninfo()}"]
         for schema in profile.excluded:
             args.append(f"--exclude-schema={schema}")
+        for table in profile.excluded_tables:
+            args.append(f"--exclude-table={_literal_pattern(table)}")
         writers: dict[str, CopyWriter] = {s.name: s.open_writer(keys["dump"]) for s in usable}
         sink = Fanout(writers, progress)
         proc = pg_dump.popen(args, info)
@@ -143,7 +154,8 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         side = _SideWork(lambda: pg_dumpall.run(
             ["--roles-only", "--no-role-passwords", "--no-password", f"--dbname={info.safe_conninfo()}"], info
         ).stdout, lambda: inspect_database(snap_conn, exact_max_rows=settings.exact_count_max_rows,
-                                           excluded_schemas=tuple(profile.excluded)))
+                                           excluded_schemas=tuple(profile.excluded),
+                                           excluded_tables=tuple(profile.excluded_tables)))
         try:
             assert proc.proc.stdout is not None
             encode(proc.proc.stdout, sink, level=settings.compression_level,
@@ -200,6 +212,10 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         "rls_tables": facts["rls_tables"],
         "sequences": facts["sequences"],
         "roles": facts["roles"],
+        "grants": facts["grants"],
+        "default_acl": facts["default_acl"],
+        "triggers": facts["triggers"],
+        "extensions": facts["extensions"],
         "roles_dump": keys["roles"],
         "files": keys,
     }
@@ -257,6 +273,13 @@ class _SideWork:
         if self._err is not None:
             raise self._err
         return self._out[0], self._out[1]
+
+
+def _literal_pattern(qualified: str) -> str:
+    """schema.table as a pg_dump pattern matching exactly that name (quotes turn off wildcards
+    and case folding)."""
+    schema, _, table = qualified.partition(".")
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table))
 
 
 def _maybe_encrypt(data: bytes, recipients: tuple[str, ...]) -> bytes:

@@ -175,13 +175,26 @@ class RunningTool:
         self.ok_codes = ok_codes
         self.info = info
         self._tail: deque[str] = deque(maxlen=40)
+        # pg_restore --verbose names each failing archive entry on a "from TOC entry" line and
+        # announces every step; a long "Command was:" (a function body) can push them out of the
+        # tail, so keep them apart.
+        self.failed_entries: list[str] = []
+        self.last_step = ""
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
         for line in iter(self.proc.stderr.readline, b""):
-            self._tail.append(line.decode("utf-8", "replace").rstrip())
+            raw = line.decode("utf-8", "replace").rstrip("\r\n")
+            text = raw.rstrip()
+            self._tail.append(text)
+            m = _TOC_ENTRY.search(raw)
+            if m and len(self.failed_entries) < 20:
+                self.failed_entries.append(f"{m.group(2)} (TOC entry {m.group(1)})")
+            step = _STEP.match(text)
+            if step:
+                self.last_step = step.group(1)
 
     @property
     def stderr_tail(self) -> str:
@@ -202,11 +215,17 @@ class RunningTool:
         code = self.wait()
         if code != 0:
             tail = self.stderr_tail
-            errors = [ln for ln in tail.splitlines() if "error" in ln.lower()]
+            errors = ([ln for ln in tail.splitlines() if ln.startswith("pg_restore: error:")]
+                      or [ln for ln in tail.splitlines() if "error" in ln.lower()])
             summary = errors[-1] if errors else (tail.splitlines()[-1] if tail else f"exit status {code}")
             if code < 0:
                 summary = f"killed by signal {-code}"
-            raise ToolFailed(f"pg_restore failed: {redact(summary.strip())}", detail=tail[-4000:])
+            summary = re.sub(r"^pg_restore:\s*(error:\s*)?", "", summary.strip())
+            if self.failed_entries:
+                where = f" at {', '.join(self.failed_entries)}"
+            else:  # a failed COPY is not tied to its entry: say what pg_restore was doing
+                where = f" while {self.last_step}" if self.last_step else ""
+            raise ToolFailed(f"pg_restore failed{where}: {redact(summary)}", detail=tail[-4000:])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -216,6 +235,11 @@ class RunningTool:
         except subprocess.TimeoutExpired:
             pass
 
+
+# "pg_restore: from TOC entry 3590; 0 16494 TABLE DATA users supabase_auth_admin"
+_TOC_ENTRY = re.compile(r"from TOC entry (\d+); \d+ \d+ (.+) \S*$")  # the last word: the owner
+# pg_restore --verbose: 'creating TABLE "public.deals"', 'processing data for table "auth.users"'
+_STEP = re.compile(r"^pg_restore: ((?:creating|dropping|processing data for table) .+)$")
 
 _CONNECTION_MARKERS = (
     "could not connect", "connection refused", "password authentication failed",

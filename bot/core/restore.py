@@ -7,8 +7,10 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +60,34 @@ class RestoreOutcome:
     duration_s: float = 0.0
     run_id: int = 0
     roles_created: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadContext:
+    """What restore hooks may use: the request, the destination and the archive being restored."""
+
+    request: RestoreRequest
+    backup: Backup
+    info: ConnInfo
+    storage: Storage
+    identity_file: Path | None
+    bindir: Path | None
+    archive: Path | None = None  # a local, seekable copy of the archive when the hooks asked for one
+
+    def render(self, entries: Sequence[toc.TocEntry]) -> str:
+        """The SQL pg_restore would run for these entries (what a person may have to run by hand)."""
+        if not entries:
+            return ""
+        fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".list")
+        with os.fdopen(fd, "w") as f:
+            f.write(toc.list_file(entries))
+        try:
+            args = [f"--use-list={path}", "--file=-"]
+            if self.archive is not None:
+                return Command("pg_restore", self.bindir).run([*args, str(self.archive)]).stdout.decode("utf-8", "replace")
+            return _render_streamed(self, args)
+        finally:
+            os.unlink(path)
 
 
 def default_scratch_name(database: str, now: datetime) -> str:
@@ -113,40 +143,78 @@ def load_roles_sql(backup: Backup, storage: Storage, identity_file: Path | None)
     return blob.decode("utf-8")
 
 
-_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|\S+?);$')
-_ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|\S+?) ')
+_NAME = r'("(?:[^"]|"")+"|[^\s;]+)'
+_CREATE_ROLE = re.compile(rf'^CREATE ROLE {_NAME};$')
+_ALTER_ROLE = re.compile(rf'^ALTER ROLE {_NAME} ')
+_GRANT_ROLE = re.compile(rf'^GRANT {_NAME} TO {_NAME}(.*?)(?: GRANTED BY {_NAME})?;$')
+# PG 15 refuses a non-superuser any mention of these attributes, even the default NO... forms.
+_SUPERUSER_ATTRS = re.compile(r"\s+(NO)?(SUPERUSER|REPLICATION|BYPASSRLS)\b")
+_ROLE_SETTINGS = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+
+
+@dataclass
+class RolesApplied:
+    created: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # statements that failed
+    notes: list[str] = field(default_factory=list)  # what a person must finish by hand
 
 
 def _role_name(token: str) -> str:
     return token[1:-1].replace('""', '"') if token.startswith('"') else token
 
 
-def apply_roles(roles_sql: str, conn: psycopg.Connection[Any], reserved: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
-    """Create the roles of a roles dump that do not exist yet; never alter existing or reserved
-    roles. Returns (created, problems)."""
+def apply_roles(roles_sql: str, conn: psycopg.Connection[Any], reserved: frozenset[str] = frozenset()) -> RolesApplied:
+    """Create the roles of a roles dump that do not exist yet, as the connected role (which need
+    not be a superuser); never alter existing or reserved roles or their memberships."""
     existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-    created: list[str] = []
-    problems: list[str] = []
+    row = conn.execute(_ROLE_SETTINGS).fetchone()
+    me, superuser = (str(row[0]), bool(row[1])) if row else ("", False)
+    out = RolesApplied()
     skip: set[str] = set(existing) | set(reserved)
+    can_login: list[str] = []
     for stmt in (s.strip() for s in roles_sql.splitlines()):
+        # "\restrict" and "\unrestrict" (pg_dumpall 15.14+) are psql meta-commands, not SQL.
         if not stmt or stmt.startswith("--") or stmt.startswith("SET ") or stmt.startswith("\\"):
             continue
-        m = _CREATE_ROLE.match(stmt)
-        a = _ALTER_ROLE.match(stmt)
-        name = _role_name((m or a).group(1)) if (m or a) else None
-        if name is not None and (name in skip or name.startswith("pg_")):
-            continue
+        g = _GRANT_ROLE.match(stmt)
+        if g:
+            granted, member, grantor = _role_name(g.group(1)), _role_name(g.group(2)), g.group(4)
+            if {granted, member} & set(reserved):
+                continue
+            if grantor is not None and not superuser and _role_name(grantor) != me:
+                # "must be superuser to set grantor": the membership itself is what matters.
+                stmt = f"GRANT {g.group(1)} TO {g.group(2)}{g.group(3)};"
+        else:
+            m = _CREATE_ROLE.match(stmt)
+            a = _ALTER_ROLE.match(stmt)
+            name = _role_name((m or a).group(1)) if (m or a) else None  # type: ignore[union-attr]
+            if name is not None and (name in skip or name.startswith("pg_")):
+                continue
+            if a and name is not None:
+                if re.search(r"\bLOGIN\b", stmt) and name not in existing:
+                    can_login.append(name)
+                if not superuser and " WITH " in stmt:
+                    for attr in (f"{x.group(2)}" for x in _SUPERUSER_ATTRS.finditer(stmt) if not x.group(1)):
+                        out.notes.append(f"role {name} has {attr} in the backup, which only a superuser can "
+                                         f"give: ALTER ROLE {a.group(1)} WITH {attr};")
+                    stmt = _SUPERUSER_ATTRS.sub("", stmt)
+                    if stmt.rstrip(";").endswith(" WITH"):
+                        continue
         try:
             with conn.transaction():
                 conn.execute(stmt)  # type: ignore[arg-type]  # statements come from pg_dumpall
-            if m and name:
-                created.append(name)
+            if not g and (m := _CREATE_ROLE.match(stmt)):
+                out.created.append(_role_name(m.group(1)))
         except psycopg.Error as exc:
             msg = (exc.diag.message_primary or str(exc)).strip()
             if "already a member" in msg or "already exists" in msg:
                 continue
-            problems.append(f"{stmt[:120]} — {msg}")
-    return created, problems
+            out.problems.append(f"{stmt[:120]} — {msg}")
+    for name in can_login:
+        if name in out.created:
+            out.notes.append(f"role {name} can log in but the backup holds no password (pg_dumpall "
+                             f"--no-role-passwords): set one with ALTER ROLE {name} PASSWORD '…';")
+    return out
 
 
 def restore(
@@ -163,11 +231,19 @@ def restore(
     reserved_roles: frozenset[str] = frozenset(),
     progress: Callable[[str], None] | None = None,
     extra_pg_restore_args: Sequence[str] = (),
-    toc_filter: Callable[[list[toc.TocEntry]], list[toc.TocEntry]] | None = None,
+    toc_filter: Callable[[list[toc.TocEntry], LoadContext], list[toc.TocEntry]] | None = None,
     maintenance_work_mem: str = "512MB",
-    after_restore: Callable[[psycopg.Connection[Any], Report], None] | None = None,
+    around_load: Callable[[LoadContext], AbstractContextManager[object]] | None = None,
+    after_restore: Callable[[psycopg.Connection[Any], Report, LoadContext], None] | None = None,
+    seekable_archive: bool = False,
 ) -> RestoreOutcome:
-    """Run one restore. ``dest_url`` is the server/database chosen by the caller (services)."""
+    """Run one restore. ``dest_url`` is the server/database chosen by the caller (services).
+
+    Hooks (a database profile's, e.g. Supabase's) see a LoadContext: ``toc_filter`` chooses and
+    orders the archive's entries, ``around_load`` wraps pg_restore's one transaction (work before
+    it, undone when it fails), ``after_restore`` adds to the report. ``seekable_archive`` restores
+    from a local copy instead of a stream: pg_restore can only load data in a different order than
+    the archive's from a file it can seek in."""
     say = progress or (lambda _m: None)
     info = ConnInfo.parse(dest_url)
     check_not_transaction_pooler(info)
@@ -197,51 +273,63 @@ def restore(
         pg_restore = Command("pg_restore", bindir)
         check_tool_not_older(pg_restore, major, server_full)
 
-        roles_created: list[str] = []
-        role_problems: list[str] = []
+        roles = RolesApplied()
         if request.with_roles:
             roles_sql = load_roles_sql(backup, storage, identity_file)
             role_info = info.with_db("postgres") if request.mode == "into" else info
             with psycopg.connect(role_info.conninfo(), autocommit=True) as conn:
-                roles_created, role_problems = apply_roles(roles_sql, conn, reserved_roles)
-            say(f"roles: {len(roles_created)} created" + (f", {len(role_problems)} problems" if role_problems else ""))
+                roles = apply_roles(roles_sql, conn, reserved_roles)
+            say(f"roles: {len(roles.created)} created" + (f", {len(roles.problems)} problems" if roles.problems else ""))
 
         if request.mode == "into":
             created_db = info.dbname
             _create_database(info, created_db)
             say(f"created database {created_db}")
 
-        args = ["--no-password", "--exit-on-error", "--single-transaction", f"--dbname={info.safe_conninfo()}"]
+        # --verbose: on failure, stderr then names the archive entry that failed (see pgtools).
+        args = ["--no-password", "--exit-on-error", "--single-transaction", "--verbose",
+                f"--dbname={info.safe_conninfo()}"]
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
+        ctx = LoadContext(request, backup, info, storage, identity_file, bindir)
         list_file = None
-        if request.table or toc_filter is not None:
-            list_file = _restore_list(backup, storage, identity_file, bindir, request.table, toc_filter)
-            args += ["--use-list", str(list_file)]
-        args += list(extra_pg_restore_args)
         try:
-            _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
+            if seekable_archive:
+                ctx.archive = _spool(backup, storage, identity_file)
+                say("archive copied to a local file (the restore reorders data)")
+            if request.table or toc_filter is not None:
+                list_file = _restore_list(ctx, request.table, toc_filter)
+                args += ["--use-list", str(list_file)]
+            args += list(extra_pg_restore_args)
+            with around_load(ctx) if around_load is not None else nullcontext():
+                if ctx.archive is not None:
+                    _file_restore(pg_restore, [*args, str(ctx.archive)], info, maintenance_work_mem)
+                else:
+                    _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
+            say("pg_restore finished")
+
+            with psycopg.connect(info.conninfo(), autocommit=True) as conn:
+                excluded = tuple((backup.manifest.get("profile") or {}).get("excluded_schemas", {}))
+                facts = inspect_database(conn, exact_max_rows=10**12, excluded_schemas=excluded)
+                report = compare(backup.manifest, facts, only_table=_qualified(request.table),
+                                 check_sequences=request.table is None)
+                if roles.problems:
+                    report.checks.append(Check(False, "roles dump applied", "; ".join(roles.problems)[:1500]))
+                report.notes.extend(roles.notes)
+                if after_restore is not None:
+                    after_restore(conn, report, ctx)
         finally:
             if list_file is not None:
                 list_file.unlink(missing_ok=True)
-        say("pg_restore finished")
-
-        with psycopg.connect(info.conninfo(), autocommit=True) as conn:
-            excluded = tuple((backup.manifest.get("profile") or {}).get("excluded_schemas", {}))
-            facts = inspect_database(conn, exact_max_rows=10**12, excluded_schemas=excluded)
-            report = compare(backup.manifest, facts, only_table=_qualified(request.table),
-                             check_sequences=request.table is None)
-            if role_problems:
-                report.checks.append(Check(False, "roles dump applied", "; ".join(role_problems)[:1500]))
-            if after_restore is not None:
-                after_restore(conn, report)
+            if ctx.archive is not None:
+                ctx.archive.unlink(missing_ok=True)
         duration = round(time.monotonic() - t0, 3)
         status = "ok" if report.ok else "failed"
         catalog.finish_run(run_id, status, backup_id=backup.id, rto_s=duration,
                            error=None if report.ok else "verification: " + "; ".join(c.line() for c in report.failures)[:2000],
                            details={"backup_id": backup.id, "mode": request.mode, "destination": info.describe(),
                                     "report": report.as_json()})
-        return RestoreOutcome(backup, info.describe(), dest_url, request.mode, report, duration, run_id, roles_created)
+        return RestoreOutcome(backup, info.describe(), dest_url, request.mode, report, duration, run_id, roles.created)
     except BaseException as exc:
         if created_db:
             _drop_database(info, created_db)
@@ -252,20 +340,25 @@ def restore(
         raise RestoreError(f"restore of {backup.id} failed: {msg}") from exc
 
 
-def _restore_list(backup: Backup, storage: Storage, identity_file: Path | None, bindir: Path | None,
-                  table: str | None, toc_filter: Callable[[list[toc.TocEntry]], list[toc.TocEntry]] | None) -> Path:
+def _restore_list(ctx: LoadContext, table: str | None,
+                  toc_filter: Callable[[list[toc.TocEntry], LoadContext], list[toc.TocEntry]] | None) -> Path:
     """Read the archive's table of contents and write the `--use-list` file for this restore."""
-    check = verify_copy(backup, storage, identity_file=identity_file, bindir=bindir)
-    if not check.ok:
-        raise IntegrityError(check.error or f"cannot read the table of contents of {backup.id}")
-    entries = toc.parse(check.toc)
+    backup = ctx.backup
+    if ctx.archive is not None:
+        listing = Command("pg_restore", ctx.bindir).run(["--list", str(ctx.archive)]).stdout.decode("utf-8", "replace")
+    else:
+        check = verify_copy(backup, ctx.storage, identity_file=ctx.identity_file, bindir=ctx.bindir)
+        if not check.ok:
+            raise IntegrityError(check.error or f"cannot read the table of contents of {backup.id}")
+        listing = check.toc
+    entries = toc.parse(listing)
     if table:
         schema, name = parse_table(table)
         entries = toc.one_table(entries, schema, name)
         if not any(e.desc == "TABLE" for e in entries):
             raise NotFound(f"table {schema}.{name} is not in backup {backup.id}")
     if toc_filter is not None:
-        entries = toc_filter(entries)
+        entries = toc_filter(entries, ctx)
     fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".list")
     with os.fdopen(fd, "w") as f:
         f.write(toc.list_file(entries))
@@ -279,15 +372,71 @@ def _qualified(table: str | None) -> str | None:
     return f"{schema}.{name}"
 
 
+def _restore_env(info: ConnInfo, work_mem: str) -> ConnInfo:
+    # lock_timeout: a restore waiting on the application's locks fails clearly instead of hanging;
+    # maintenance_work_mem: index and constraint builds sort in memory (the slow part of a load).
+    ours = f"-c lock_timeout=60s -c maintenance_work_mem={work_mem}"
+    return ConnInfo({**info.params, "options": f"{info.params.get('options', '')} {ours}".strip()})
+
+
+def _file_restore(pg_restore: Command, args: list[str], info: ConnInfo, work_mem: str) -> None:
+    proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        proc.check_restore()
+    except BaseException:
+        proc.kill()  # interrupted before the commit: the transaction rolls back
+        raise
+
+
+def _spool(backup: Backup, storage: Storage, identity_file: Path | None) -> Path:
+    """Decrypt and decompress a copy into a private temporary file (checksum checked on the way).
+    It holds the database's data in clear: the caller deletes it when the restore ends."""
+    reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
+                           f"the {storage.name} copy of {backup.id}")
+    fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".dump")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            decode(reader, f, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        close = getattr(reader.raw, "close", None)
+        if close:
+            close()
+    return Path(path)
+
+
+def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
+    """pg_restore --file=- fed by a stream of the stored copy (no local archive)."""
+    reader = HashingReader(ctx.storage.open_reader(ctx.backup.object_key), ctx.backup.sha256,
+                           f"the {ctx.storage.name} copy of {ctx.backup.id}")
+    proc = Command("pg_restore", ctx.bindir).popen(args, None, stdin=subprocess.PIPE)
+    sink = ProcessSink(proc.proc.stdin)  # type: ignore[arg-type]
+    out: list[bytes] = []
+    # Read the SQL while the archive goes in, or both pipes fill up and block each other.
+    collector = threading.Thread(target=lambda: out.append(proc.proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    collector.start()
+    try:
+        decode(reader, sink, encrypted=bool(ctx.backup.encryption_key_id), identity_file=ctx.identity_file)  # type: ignore[arg-type]
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        close = getattr(reader.raw, "close", None)
+        if close:
+            close()
+    sink.close()
+    proc.check()
+    collector.join(30)
+    return b"".join(out).decode("utf-8", "replace")
+
+
 def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args: list[str],
                     info: ConnInfo, identity_file: Path | None, work_mem: str) -> None:
     reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
                            f"the {storage.name} copy of {backup.id}")
-    # lock_timeout: a restore waiting on the application's locks fails clearly instead of hanging;
-    # maintenance_work_mem: index and constraint builds sort in memory (the slow part of a load).
-    ours = f"-c lock_timeout=60s -c maintenance_work_mem={work_mem}"
-    env_info = ConnInfo({**info.params, "options": f"{info.params.get('options', '')} {ours}".strip()})
-    proc = pg_restore.popen(args, env_info, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     sink = ProcessSink(proc.proc.stdin)  # type: ignore[arg-type]
     try:
         decode(reader, sink, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)  # type: ignore[arg-type]

@@ -165,4 +165,73 @@ def compare(manifest: dict[str, Any], restored: dict[str, Any], *, only_table: s
     missing_roles = sorted(set(manifest.get("roles", [])) - set(restored.get("roles", [])))
     report.checks.append(Check(not missing_roles, "roles from the backup present",
                                f"missing: {', '.join(missing_roles)}" if missing_roles else f"{len(manifest.get('roles', []))} roles"))
+    report.checks.extend(grant_checks(manifest, restored, only_table=only_table))
     return report
+
+
+# -- grants, default privileges and triggers (manifests from before these facts have none) ----
+
+GRANT_KINDS = ("materialized view", "foreign table", "table", "view", "sequence", "function")
+TABLE_GRANTS = "table grants per role identical"
+FUNCTION_GRANTS = "function grants per role identical"
+DEFAULT_PRIVILEGES = "default privileges identical"
+TRIGGERS = "triggers present"
+
+
+def _split_grant_key(key: str) -> tuple[str, str]:
+    """'table public.deals' -> ('table', 'public.deals')."""
+    kind = next((k for k in GRANT_KINDS if key.startswith(k + " ")), key.split(" ", 1)[0])
+    return kind, key[len(kind) + 1:]
+
+
+def _acl_diff(want: dict[str, str], got: dict[str, str]) -> list[str]:
+    out = []
+    for grantee in sorted(set(want) | set(got)):
+        if want.get(grantee) != got.get(grantee):
+            out.append(f"{grantee} has {got.get(grantee) or 'nothing'} (backup: {want.get(grantee) or 'nothing'})")
+    return out
+
+
+def grant_checks(manifest: dict[str, Any], restored: dict[str, Any], *, only_table: str | None = None) -> list[Check]:
+    """Grants per object and role, default privileges and triggers: backup vs restored.
+
+    Schemas the platform manages (a Supabase project's auth and storage) and the platform's own
+    roles are left out: a new project brings its own grants and default privileges there."""
+    profile = manifest.get("profile") or {}
+    managed = set(profile.get("managed_schemas") or {})
+    platform = set(profile.get("platform_roles") or [])
+    checks: list[Check] = []
+    if "grants" in manifest and "grants" in restored:
+        src, dst = manifest["grants"], restored["grants"]
+        for label, functions in ((TABLE_GRANTS, False), (FUNCTION_GRANTS, True)):
+            diffs: list[str] = []
+            count = 0
+            for key, want in sorted(src.items()):
+                kind, obj = _split_grant_key(key)
+                if (kind == "function") != functions or obj.split(".", 1)[0] in managed:
+                    continue
+                if only_table and obj != only_table:
+                    continue
+                count += 1
+                got = dst.get(key)
+                if got is None:
+                    diffs.append(f"{key} missing")
+                else:
+                    diffs += [f"{key}: {d}" for d in _acl_diff(want, got)]
+            if count or diffs:
+                checks.append(Check(not diffs, label, f"{count} objects" + (f"; {'; '.join(diffs[:6])}" if diffs else "")
+                                    + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")))
+    if not only_table and "default_acl" in manifest and "default_acl" in restored:
+        def mine(rows: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+            return {k: v for k, v in rows.items() if k.split(" ")[0] not in platform and k.split(" ")[1] not in managed}
+
+        src_d, dst_d = mine(manifest["default_acl"]), mine(restored["default_acl"])
+        diffs = [f"{key}: {d}" for key in sorted(set(src_d) | set(dst_d))
+                 for d in _acl_diff(src_d.get(key, {}), dst_d.get(key, {}))]
+        checks.append(Check(not diffs, DEFAULT_PRIVILEGES, f"{len(src_d)} rows" + (f"; {'; '.join(diffs[:6])}" if diffs else "")))
+    if "triggers" in manifest and "triggers" in restored:
+        wanted = [t for t in manifest["triggers"] if not only_table or t.split(" ", 1)[0] == only_table]
+        missing = sorted(set(wanted) - set(restored["triggers"]))
+        if wanted:
+            checks.append(Check(not missing, TRIGGERS, f"missing: {', '.join(missing)}" if missing else f"{len(wanted)} triggers"))
+    return checks

@@ -123,7 +123,14 @@ def to_text(blocks: list[Block]) -> str:
         elif t == "context":
             out.append(" · ".join(e.get("text", "") for e in b["elements"]))
         elif t == "actions":
-            out.append(" ".join(f"[{e['text']['text']}]" for e in b["elements"] if "text" in e))
+            buttons = " ".join(f"[{e['text']['text']}]" for e in b["elements"] if "text" in e)
+            if buttons:
+                out.append(buttons)
+            for e in b["elements"]:  # checkboxes: one line per option, ticked ones marked
+                chosen = {o["value"] for o in e.get("initial_options", [])}
+                for o in e.get("options", []) if e.get("type") == "checkboxes" else []:
+                    desc = f" — {o['description']['text']}" if "description" in o else ""
+                    out.append(f"{'☑' if o['value'] in chosen else '☐'} {o['text']['text']}{desc}")
         elif t == "divider":
             out.append("———")
     return "\n".join(out)

@@ -1,0 +1,135 @@
+"""The dead-man's switch and the daily metrics, with an injected clock: alerts fire once past the
+threshold, repeat at the interval, clear after a good backup; growth and low disk alert."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.core.alerts import Alerts
+from bot.core.catalog import Catalog, Copy, iso
+from bot.core.monitoring import Monitor, status_section
+from bot.core.schedule_settings import ScheduleSettings
+from bot.services import Services
+
+T0 = datetime(2024, 6, 3, 0, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def add_backup_row(catalog: Catalog, target: str, created_at: datetime) -> str:
+    """A complete backup as the catalog records it (no dump needed: the switch reads the catalog)."""
+    backup_id = f"{target}-{created_at:%Y%m%d-%H%M%S}-{next(_ids):04d}"
+    catalog.add_backup({"id": backup_id, "target": target, "status": "complete", "kind": "scheduled",
+                        "created_at": iso(created_at), "sha256": "0" * 64, "size_bytes": 1234,
+                        "object_key": f"{target}/{backup_id}.dump.zst", "verify_status": "ok"},
+                       [Copy("local", f"/backups/{backup_id}", "stored", 1234)])
+    return backup_id
+
+
+class Events:
+    """A listener on services.emit, as commands/alerts.py is in the bot."""
+
+    def __init__(self, services: Services) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        services.listeners.append(lambda event, data: self.seen.append((event, data)))
+
+    def names(self) -> list[str]:
+        return [e for e, _d in self.seen]
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+def monitor_for(make_settings: Any, **env: str) -> tuple[Services, Monitor, Events]:
+    settings = make_settings("postgresql://app:pw@127.0.0.1:1/crm", **env)
+    services = Services(settings)
+    return services, Monitor(services, ScheduleSettings.from_settings(settings)), Events(services)
+
+
+def test_deadmans_switch_fires_once_repeats_at_the_interval_and_clears_after_a_good_backup(make_settings):
+    # GIVEN the newest good backup of prod was taken at T0; MAX_BACKUP_AGE 26h, repeat every 6h
+    services, monitor, events = monitor_for(make_settings, MAX_BACKUP_AGE="26h", STALE_ALERT_REPEAT="6h")
+    add_backup_row(services.catalog, "prod", T0)
+    # WHEN checked every 15 minutes from 25h to 39h after it
+    fired_at = []
+    for quarter in range(25 * 4, 39 * 4 + 1):
+        now = T0 + timedelta(minutes=15 * quarter)
+        events.clear()
+        monitor.check_stale(now)
+        fired_at += [now - T0 for e in events.names() if e == "stale.alert"]
+    # THEN the alert fires once just past 26h, then every 6h while it lasts
+    assert fired_at == [timedelta(hours=26, minutes=15), timedelta(hours=32, minutes=15),
+                        timedelta(hours=38, minutes=15)]
+    alerts = Alerts(services.catalog).open_alerts()
+    assert [(a.kind, a.target) for a in alerts] == [("stale", "prod")]
+    assert alerts[0].message == "no good backup of prod for 38h 15m"  # as last announced
+    # WHEN a good backup appears
+    now = T0 + timedelta(hours=39, minutes=10)
+    add_backup_row(services.catalog, "prod", now - timedelta(minutes=5))
+    events.clear()
+    monitor.check_stale(now)
+    monitor.check_stale(now + timedelta(minutes=15))
+    # THEN one recovery, and the alert is closed
+    assert events.seen == [("stale.resolved", {"kind": "stale", "target": "prod"})]
+    assert Alerts(services.catalog).open_alerts() == []
+
+
+def test_alert_event_carries_what_the_slack_side_needs(make_settings):
+    services, monitor, events = monitor_for(make_settings)
+    add_backup_row(services.catalog, "prod", T0)
+    monitor.check_stale(T0 + timedelta(hours=30))
+    (event, data), = events.seen
+    assert event == "stale.alert"
+    assert set(data) == {"kind", "target", "message", "detail", "hint"}
+    assert data["kind"] == "stale" and data["target"] == "prod" and "MAX_BACKUP_AGE=26h 00m" in data["detail"]
+
+
+def test_a_never_backed_up_target_alerts_only_once_the_catalog_is_older_than_the_limit(make_settings):
+    services, monitor, events = monitor_for(make_settings)
+    installed = monitor.installed_at()
+    assert installed is not None
+    monitor.check_stale(installed + timedelta(hours=25))
+    assert events.names() == []
+    monitor.check_stale(installed + timedelta(hours=27))
+    assert events.names() == ["stale.alert"]
+    assert "never been backed up" in events.seen[0][1]["message"]
+
+
+def test_growth_beyond_the_threshold_alerts_and_a_calm_day_resolves(make_settings):
+    sizes = iter([1_000_000, 1_300_000, 1_310_000])
+    settings = make_settings("postgresql://app:pw@127.0.0.1:1/crm", DB_GROWTH_ALERT_PERCENT="20",
+                             DISK_FREE_MIN="0")
+    services = Services(settings)
+    monitor = Monitor(services, ScheduleSettings.from_settings(settings), measure_size=lambda _url: next(sizes))
+    events = Events(services)
+    monitor.record(T0 + timedelta(hours=6))
+    monitor.record(T0 + timedelta(days=1, hours=6))  # +30%
+    assert events.names() == ["growth.alert"]
+    assert "grew 30.0% in a day" in events.seen[0][1]["message"]
+    monitor.record(T0 + timedelta(days=2, hours=6))  # +0.8%
+    assert events.names() == ["growth.alert", "growth.resolved"]
+    rows = monitor.metrics("prod")
+    assert [(m.day.isoformat(), m.database_size) for m in rows] == [
+        ("2024-06-05", 1_310_000), ("2024-06-04", 1_300_000), ("2024-06-03", 1_000_000)]
+    assert rows[0].free_disk_bytes and rows[0].storage_used  # free disk and storage per destination
+
+
+def test_low_disk_alerts_and_clears_when_space_is_back(make_settings):
+    services, monitor, events = monitor_for(make_settings, DISK_FREE_MIN="1000000TB")
+    monitor.measure_size = lambda _url: 1
+    monitor.record(T0)
+    assert events.names() == ["disk.alert"] and "free for local backups" in events.seen[0][1]["message"]
+    relaxed = Monitor(services, ScheduleSettings.from_settings(
+        make_settings("postgresql://app:pw@127.0.0.1:1/crm", DISK_FREE_MIN="1%")), measure_size=lambda _u: 1)
+    relaxed.record(T0 + timedelta(days=1))
+    assert events.names() == ["disk.alert", "disk.resolved"]
+
+
+def test_an_unreachable_database_is_recorded_not_raised_and_status_shows_the_metrics(make_settings):
+    services, monitor, events = monitor_for(make_settings)
+    (m,) = monitor.record(T0)  # the URL points at a closed port
+    assert m.database_size is None and m.error
+    section = status_section(services, T0)
+    assert section.title == "Monitoring"
+    assert any(line.startswith("local disk:") for line in section.lines)

@@ -1,0 +1,116 @@
+"""Scheduled backup jobs, called directly: catch-up after downtime (by the catalog's record),
+retention and the result message after each backup, and the heartbeat ping."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from bot.core.catalog import iso, utcnow
+from bot.core.jobs import Runtime, catch_up, missed_backup, ping_heartbeat, scheduled_backup
+from bot.core.schedule_settings import ScheduleSettings
+from tests.fakes.poster import RecordingPoster
+
+
+@pytest.fixture
+def heartbeat() -> Iterator[tuple[str, list[str]]]:
+    """A healthchecks.io-like endpoint on 127.0.0.1: (url, paths pinged)."""
+    pings: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            pings.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *a: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ping/0f1e2d3c", pings
+    server.shutdown()
+
+
+def runtime(make_services: Any, url: str, **env: str) -> tuple[Runtime, RecordingPoster]:
+    services = make_services(url, BACKUP_TIMEZONE="Europe/Berlin", **env)
+    poster = RecordingPoster()
+    return Runtime(services, ScheduleSettings.from_settings(services.settings), poster), poster
+
+
+def pretend_last_backup_ran(rt: Runtime, ago: timedelta) -> None:
+    """The catalog as a bot that stopped long ago left it: its last backup run, `ago` back."""
+    run_id = rt.services.catalog.start_run("backup", "prod", "backupbot", "schedule", {"kind": "scheduled"})
+    rt.services.catalog.finish_run(run_id, "ok")
+    with rt.services.catalog.tx() as db:
+        db.execute("UPDATE runs SET started_at = ? WHERE id = ?", [iso(utcnow() - ago), run_id])
+
+
+def test_catch_up_after_downtime_runs_exactly_one_backup_and_announces_it(crm_db, make_services, heartbeat):
+    # GIVEN a daily 02:00 schedule and a bot that was down for three days (three missed runs)
+    url, pings = heartbeat
+    rt, poster = runtime(make_services, crm_db, BACKUP_SCHEDULE="0 2 * * *", HEARTBEAT_URL=url)
+    pretend_last_backup_ran(rt, timedelta(days=3, hours=1))
+    assert missed_backup(rt, "prod", utcnow()) is not None
+    # WHEN the bot starts and runs its catch-up
+    assert catch_up(rt) == ["prod"]
+    # THEN exactly one backup was taken, announced as a catch-up, followed by its result
+    backups = rt.services.catalog.list(target="prod")
+    assert len(backups) == 1 and backups[0].kind == "catch-up"
+    first, second = poster.texts()
+    assert "Catch-up" in first and "did not run" in first and "prod" in first
+    assert backups[0].id in second and "catch-up after a restart" in second
+    assert pings == ["/ping/0f1e2d3c"]
+    # and starting again does not take another one
+    assert catch_up(rt) == []
+    assert len(rt.services.catalog.list(target="prod")) == 1
+
+
+def test_no_catch_up_when_the_last_slot_ran_or_the_catalog_is_new(make_services):
+    rt, poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm", BACKUP_SCHEDULE="*/15 * * * *")
+    # A brand-new catalog: nothing was scheduled before it existed.
+    assert missed_backup(rt, "prod", utcnow()) is None
+    # A run since the last 15-minute slot: nothing missed.
+    pretend_last_backup_ran(rt, timedelta(seconds=0))
+    assert missed_backup(rt, "prod", utcnow()) is None
+    assert catch_up(rt) == [] and poster.posts == []
+
+
+def test_a_backup_cut_short_by_the_bot_stopping_is_caught_up(make_services):
+    rt, _poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm", BACKUP_SCHEDULE="*/15 * * * *")
+    pretend_last_backup_ran(rt, timedelta(hours=2))
+    run_id = rt.services.catalog.start_run("backup", "prod", "backupbot", "schedule")
+    rt.services.catalog.mark_abandoned_runs()  # what build_services does at the next start
+    assert rt.services.catalog.run(run_id)["error"].startswith("interrupted")
+    assert missed_backup(rt, "prod", utcnow()) is not None
+
+
+def test_scheduled_backup_applies_retention_and_posts_the_result(crm_db, make_services):
+    rt, poster = runtime(make_services, crm_db, RETENTION_DAILY="1", RETENTION_WEEKLY="0",
+                         RETENTION_MONTHLY="0", RETENTION_MIN_VERIFIED="0")
+    first = scheduled_backup(rt, "prod")
+    second = scheduled_backup(rt, "prod")
+    assert first is not None and second is not None
+    # Both were taken today: retention keeps the newest of the day only.
+    assert [b.id for b in rt.services.catalog.list(target="prod")] == [second.backup.id]
+    assert "Retention removed 1 old backup(s)." in poster.texts()[-1]
+    assert "the schedule" in poster.texts()[-1]
+
+
+def test_a_failing_scheduled_backup_is_reported_by_event_not_raised(make_services):
+    rt, poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm")
+    events: list[str] = []
+    rt.services.listeners.append(lambda event, _data: events.append(event))
+    assert scheduled_backup(rt, "prod") is None
+    assert events == ["backup.failed"] and poster.posts == []
+
+
+def test_heartbeat_failure_is_logged_never_raised(caplog):
+    assert ping_heartbeat("http://127.0.0.1:9/nothing-listens-here", timeout=2) is False
+    assert "heartbeat ping failed" in caplog.text

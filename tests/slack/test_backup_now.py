@@ -1,0 +1,156 @@
+"""`/backup now`: ack at once, one channel message updated to the result, one backup per target,
+Slack retries never start a second backup, and only operators may run it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from commands.backup_now import Throttle
+from tests.fakes.slack_requests import post, slash_command_body
+from tests.fixtures.slack import CHANNEL, SIGNING_SECRET
+from tests.slack.support import find_message, gated_bindir, until, wait_for_message
+
+ACK_BOUND_S = 3.0  # Slack's own limit; the real figure (bench/ack_latency.py) is far below
+
+
+def _backups(h) -> list:
+    return h.services.list_backups()
+
+
+def test_now_acks_started_and_updates_one_channel_message_to_the_result(slack_app):
+    # GIVEN the app
+    h = slack_app()
+    # WHEN an operator runs /backup now
+    reply = h.command("now")
+    # THEN the ack is private and says started
+    assert reply.status == 200
+    first = reply.responses()[0]
+    assert first["response_type"] == "ephemeral" and "Started a backup of prod" in first["text"]
+    # AND one channel message ends as the result: size, duration, checksum prefix, copies
+    final = wait_for_message(h.fake, CHANNEL, "complete")
+    [backup] = _backups(h)
+    assert backup.id in final["text"] and backup.sha256[:12] in final["text"]
+    shown = json.dumps(final["blocks"])
+    assert "Size" in shown and "Duration" in shown and "local" in shown and "stored" not in final["text"]
+    posts = [c for c in h.fake.calls("chat.postMessage") if c.params.get("channel") == CHANNEL]
+    assert len(posts) == 1, "progress and result are one message, updated in place"
+    versions = h.fake.history(CHANNEL, final["ts"])
+    assert versions[0]["text"].startswith("Backing up prod") and versions[-1]["text"] == final["text"]
+    # AND the catalog records who asked, from Slack
+    start = h.services.catalog.audit_events(action="backup.start")[0]
+    assert (start["actor"], start["source"]) == ("U0ALICE", "slack")
+    assert h.fake.warnings == []
+
+
+def test_now_while_another_process_holds_the_target_says_so_instead_of_failing(slack_app):
+    # GIVEN the target's lock is held elsewhere (as a CLI backup in another process would)
+    h = slack_app()
+    with h.services.target_lock("prod"):
+        # WHEN /backup now runs THEN its message ends saying a backup is already running
+        h.command("now")
+        busy = wait_for_message(h.fake, CHANNEL, "already running")
+    assert "not starting another" in busy["text"] and _backups(h) == []
+    assert h.services.catalog.audit_events(action="backup.failed") == []
+
+
+def test_second_now_while_one_runs_links_the_running_one_and_starts_nothing(slack_app, tmp_path):
+    # GIVEN a backup held at its pg_dump gate
+    bindir, gate = gated_bindir(tmp_path)
+    h = slack_app(PG_BINDIR=str(bindir))
+    try:
+        h.command("now")
+        progress = wait_for_message(h.fake, CHANNEL, "Backing up prod")
+        # WHEN a second /backup now arrives (timing its ack)
+        t0 = time.perf_counter()
+        second = h.command("now", user="U0BOB")
+        ack_s = time.perf_counter() - t0
+        # THEN it acks within Slack's bound, says one is running and links its message
+        assert second.status == 200 and ack_s < ACK_BOUND_S
+        shown = second.responses()[0]
+        assert "already running" in shown["text"]
+        assert f"/archives/{CHANNEL}/p{progress['ts'].replace('.', '')}" in json.dumps(shown["blocks"])
+    finally:
+        gate.touch()
+    wait_for_message(h.fake, CHANNEL, "complete")
+    # AND exactly one backup (one run) was made
+    assert len(_backups(h)) == 1
+    assert len(h.services.catalog.runs(kind="backup")) == 1
+
+
+def test_ack_stays_under_three_seconds_while_a_backup_runs(slack_app, tmp_path):
+    # GIVEN a backup that is running
+    bindir, gate = gated_bindir(tmp_path)
+    h = slack_app(PG_BINDIR=str(bindir))
+    try:
+        h.command("now")
+        until(lambda: h.services.running("prod"), what="the backup run to start")
+        # WHEN several commands arrive meanwhile THEN each is acknowledged well under 3 s
+        for text in ("now", "list", "status", "help", "now prod"):
+            t0 = time.perf_counter()
+            reply = h.command(text)
+            elapsed = time.perf_counter() - t0
+            assert reply.status == 200 and elapsed < ACK_BOUND_S, (text, elapsed)
+    finally:
+        gate.touch()
+    wait_for_message(h.fake, CHANNEL, "complete")
+
+
+def test_slack_retry_of_now_never_starts_a_second_backup(slack_app):
+    # GIVEN a /backup now that Slack delivered and the app handled
+    h = slack_app()
+    body = slash_command_body(text="now", user_id="U0ALICE", channel_id=CHANNEL,
+                              response_url=h.fake.response_url("retried"))
+    status, _, _ = post(h.url, body, SIGNING_SECRET)
+    assert status == 200
+    wait_for_message(h.fake, CHANNEL, "complete")
+    # WHEN Slack re-sends the very same request, marked as retry 1 and 2
+    for n in (1, 2):
+        status, _, _ = post(h.url, body, SIGNING_SECRET, retry_num=n)
+        assert status == 200
+    h.command("list").responses()  # a later request answered: the retries were handled before it
+    # THEN still one backup, one channel message, one reply to the user
+    assert len(_backups(h)) == 1
+    assert len(h.fake.calls("chat.postMessage")) == 1
+    assert len(h.fake.responses("retried")) == 1
+
+
+def test_non_operator_is_refused_and_group_members_are_operators(slack_app, fake_slack):
+    # GIVEN operators: a user id and a user group resolved through usergroups.users.list
+    fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    # WHEN someone else runs /backup now THEN it is refused, audited, and nothing starts
+    refused = h.command("now", user="U0EVE")
+    assert refused.status == 200 and "Only backup operators" in refused.body  # a plain-text ack is private
+    assert until(lambda: h.services.catalog.audit_events(action="slack.refused"))[0]["actor"] == "U0EVE"
+    # AND the same person may still list
+    assert "No backups of any target yet" in h.command("list", user="U0EVE").responses()[0]["text"]
+    assert h.fake.calls("chat.postMessage") == [] and _backups(h) == []
+    # WHEN a member of the operators' group runs it THEN it runs
+    assert "Started" in h.command("now", user="U0BOB").responses()[0]["text"]
+    wait_for_message(h.fake, CHANNEL, "complete")
+    assert h.fake.calls("usergroups.users.list")[0].params["usergroup"] == "S0DBAS"
+    assert h.services.catalog.audit_events(action="backup.start")[0]["actor"] == "U0BOB"
+
+
+def test_unknown_target_lists_the_known_ones_and_extra_words_get_usage(slack_app):
+    h = slack_app()
+    shown = h.command("now staging").responses()[0]
+    assert "unknown target 'staging' (known targets: prod)" in shown["text"]
+    assert shown["response_type"] == "ephemeral"
+    usage = h.command("now prod extra").responses()[0]
+    assert "at most one target" in usage["text"] and "/backup now [target]" in json.dumps(usage)
+    assert find_message(h.fake, CHANNEL, "Backing up") is None and _backups(h) == []
+
+
+def test_progress_updates_are_throttled_to_one_per_interval():
+    # GIVEN a throttle of 3 s on a controlled clock
+    now = [100.0]
+    throttle = Throttle(3.0, clock=lambda: now[0])
+    # WHEN progress arrives every half second for 7 seconds
+    allowed = []
+    for _ in range(15):
+        allowed.append(throttle.ready())
+        now[0] += 0.5
+    # THEN the first passes and then at most one per 3 s
+    assert [i * 0.5 for i, ok in enumerate(allowed) if ok] == [0.0, 3.0, 6.0]

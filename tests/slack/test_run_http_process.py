@@ -1,0 +1,67 @@
+"""`backupbot run --http` as a real process: it serves /healthz and signed Slack requests, and
+stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bot.core.cluster import free_port
+from tests.fakes.slack_requests import post, slash_command_body
+from tests.fixtures.slack import BOT_TOKEN, CHANNEL, SIGNING_SECRET
+from tests.slack.support import until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _healthz(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:  # 503 while there is no good backup: still an answer
+        return json.loads(err.read())
+    except OSError:
+        return None
+
+
+def test_run_http_serves_healthz_and_signed_commands_and_stops_on_sigterm(fake_slack, crm_db, tmp_path):
+    # GIVEN the bot started as `backupbot run --http --port N` against the fake Slack
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod",
+           "BACKUP_DIR": str(tmp_path / "backups"), "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
+           "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_CHANNEL": CHANNEL,
+           "SLACK_API_URL": fake_slack.url}
+    env.pop("SLACK_APP_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "run", "--http", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # WHEN it answers its health check THEN the JSON has ok, the last good backup, the next run
+        health = until(lambda: proc.poll() is None and _healthz(port), timeout=30, what="GET /healthz")
+        assert {"ok", "last_good_backup", "next_scheduled_run"} <= health.keys()
+        assert health["ok"] is False and health["last_good_backup"] is None  # nothing backed up yet
+        # WHEN Slack sends a signed /backup help THEN the usage comes back through the response_url
+        body = slash_command_body(text="help", user_id="U0ALICE", channel_id=CHANNEL,
+                                  response_url=fake_slack.response_url("proc-help"))
+        status, _, _ = post(f"http://127.0.0.1:{port}/slack/events", body, SIGNING_SECRET)
+        assert status == 200
+        shown = fake_slack.wait_for_response("proc-help", timeout=20)[0].body
+        assert shown["response_type"] == "ephemeral" and "/backup now [target]" in json.dumps(shown)
+        # AND a forged request is refused
+        assert post(f"http://127.0.0.1:{port}/slack/events", body, "wrong-secret")[0] == 401
+    finally:
+        # WHEN it gets SIGTERM THEN it exits cleanly
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"HTTP mode on 127.0.0.1:{port}" in out
+    assert BOT_TOKEN not in out + err and SIGNING_SECRET not in out + err
