@@ -68,10 +68,10 @@ class AppContext:
             if cached and now - cached[0] < GROUP_CACHE_SECONDS:
                 return cached[1]
         try:
-            users = frozenset(self.client.usergroups_users_list(usergroup=group_id).get("users", []))
+            users: frozenset[str] = frozenset(self.client.usergroups_users_list(usergroup=group_id).get("users", []))
         except SlackApiError as exc:
             log.warning("cannot resolve user group %s: %s", group_id, exc.response.get("error"))
-            users = frozenset()
+            users = frozenset[str]()
         with self._lock:
             self._groups[group_id] = (now, users)
         return users

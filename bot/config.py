@@ -6,6 +6,7 @@ Validated once at start-up into a frozen object; a bad value is reported as
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tomllib
@@ -163,11 +164,11 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def str(self, key: str, default: str | None = None) -> str | None:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         value = self.env.get(key)
         return value if value not in (None, "") else default
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def int(self, key: builtins.str, default: builtins.int, *, minimum: builtins.int = 0) -> builtins.int:
         raw = self.str(key)
         if raw is None:
             return default
@@ -179,7 +180,7 @@ class _Reader:
             raise ConfigError(f"{key} must be at least {minimum}, got {value}", key)
         return value
 
-    def path(self, key: str, default: str) -> Path:
+    def path(self, key: builtins.str, default: builtins.str) -> Path:
         return Path(self.str(key, default) or default).expanduser()
 
 

@@ -34,7 +34,7 @@ def health(ctx: AppContext) -> dict[str, Any]:
         targets[name] = {"last_good_backup": {"id": last.id, "created_at": iso(last.created_at), "age_s": int(age or 0)}
                          if last else None, "stale": stale}
     next_run = getattr(ctx, "next_run", None)
-    first = next(iter(targets.values()), {})
+    first: dict[str, Any] = next(iter(targets.values()), {})
     return {
         "ok": ok,
         "last_good_backup": first.get("last_good_backup"),

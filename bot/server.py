@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -54,7 +54,7 @@ def make_server(app: App, health: Callable[[], dict[str, Any]], host: str, port:
                 self._send(413, b'{"error": "too large"}')
                 return
             body = self.rfile.read(length).decode("utf-8")
-            headers = {k.lower(): [v] for k, v in self.headers.items()}
+            headers: dict[str, str | Sequence[str]] = {k.lower(): [v] for k, v in self.headers.items()}
             resp = app.dispatch(BoltRequest(body=body, headers=headers))
             self._send(resp.status, (resp.body or "").encode("utf-8"), resp.headers)
 

@@ -18,11 +18,11 @@ KINDS = ("backup", "upload", "verify", "retention", "stale", "disk", "growth", "
 
 
 def _m1(db: sqlite_utils.Database) -> None:
-    db["alerts"].create({
+    db.table("alerts").create({
         "id": int, "kind": str, "target": str, "message": str, "detail": str, "hint": str,
         "opened_at": str, "last_notified_at": str, "resolved_at": str, "slack_ts": str, "count": int,
     }, pk="id")
-    db["alerts"].create_index(["kind", "target", "resolved_at"])
+    db.table("alerts").create_index(["kind", "target", "resolved_at"])
 
 
 register_migrations("alerts", [_m1])
@@ -70,12 +70,12 @@ class Alerts:
             row = self._open_row(kind, target)
             if row:
                 # A repeat may come without the advice the first report had: keep what we know.
-                db["alerts"].update(row["id"], {"message": redact(message),
+                db.table("alerts").update(row["id"], {"message": redact(message),
                                                 "detail": redact(detail)[-3000:] or row["detail"],
                                                 "hint": hint or row["hint"], "count": (row["count"] or 1) + 1})
                 alert_id, new = row["id"], False
             else:
-                table = db["alerts"]  # last_pk lives on this Table object, not on a new db["alerts"]
+                table = db.table("alerts")  # last_pk lives on this Table object, not on a new db.table("alerts")
                 table.insert({"kind": kind, "target": target, "message": redact(message),
                                      "detail": redact(detail)[-3000:], "hint": hint, "opened_at": iso(now),
                                      "count": 1})
@@ -88,7 +88,7 @@ class Alerts:
             row = self._open_row(kind, target)
             if not row:
                 return None
-            db["alerts"].update(row["id"], {"resolved_at": iso(now or utcnow())})
+            db.table("alerts").update(row["id"], {"resolved_at": iso(now or utcnow())})
         return self.get(row["id"])
 
     def notified(self, alert_id: int, slack_ts: str | None = None, now: datetime | None = None) -> None:
@@ -96,7 +96,7 @@ class Alerts:
         if slack_ts:
             updates["slack_ts"] = slack_ts
         with self.catalog.tx() as db:
-            db["alerts"].update(alert_id, updates)
+            db.table("alerts").update(alert_id, updates)
 
     def due(self, alert: Alert, every: timedelta, now: datetime | None = None) -> bool:
         """Should an open alert be repeated now (never notified, or last notified ≥ every ago)?"""

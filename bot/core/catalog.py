@@ -6,6 +6,7 @@ row in ``runs`` whatever its outcome. Schema changes are numbered migrations app
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -40,7 +41,7 @@ def parse_iso(s: str | None) -> datetime | None:
 # -- migrations: append only; each runs once, in order, inside a transaction ------------------
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["backups"].create(
+    db.table("backups").create(
         {
             "id": str, "target": str, "status": str, "kind": str, "tags": str,
             "created_at": str, "finished_at": str, "duration_s": float,
@@ -52,8 +53,8 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"target", "status", "created_at", "sha256", "size_bytes"},
     )
-    db["backups"].create_index(["target", "created_at"])
-    db["copies"].create(
+    db.table("backups").create_index(["target", "created_at"])
+    db.table("copies").create(
         {
             "backup_id": str, "destination": str, "location": str, "status": str,
             "size_bytes": int, "stored_at": str, "verified_at": str, "error": str,
@@ -61,7 +62,7 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         pk=("backup_id", "destination"),
         foreign_keys=[("backup_id", "backups", "id")],
     )
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": int, "kind": str, "target": str, "status": str, "started_at": str,
             "finished_at": str, "backup_id": str, "error": str, "actor": str, "source": str,
@@ -69,19 +70,19 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["runs"].create_index(["target", "kind", "started_at"])
-    db["audit"].create(
+    db.table("runs").create_index(["target", "kind", "started_at"])
+    db.table("audit").create(
         {
             "id": int, "at": str, "actor": str, "source": str, "action": str,
             "target": str, "backup_id": str, "details": str,
         },
         pk="id",
     )
-    db["audit"].create_index(["at"])
+    db.table("audit").create_index(["at"])
 
 
 def _m2_restores(db: sqlite_utils.Database) -> None:
-    db["runs"].add_column("rto_s", float)
+    db.table("runs").add_column("rto_s", float)
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_restores]
@@ -211,9 +212,9 @@ class Catalog:
     def migrate(self) -> int:
         with self._lock:
             if "schema_migrations" not in self.db.table_names():
-                self.db["schema_migrations"].create(
+                self.db.table("schema_migrations").create(
                     {"component": str, "version": int, "applied_at": str}, pk=("component", "version"))
-            done = {(r["component"], r["version"]) for r in self.db["schema_migrations"].rows}
+            done = {(r["component"], r["version"]) for r in self.db.table("schema_migrations").rows}
             applied = 0
             for component, steps in [("core", MIGRATIONS), *sorted(COMPONENT_MIGRATIONS.items())]:
                 for version, step in enumerate(steps, start=1):
@@ -221,7 +222,7 @@ class Catalog:
                         continue
                     with self.tx() as db:
                         step(db)
-                        db["schema_migrations"].insert(
+                        db.table("schema_migrations").insert(
                             {"component": component, "version": version, "applied_at": iso(utcnow())})
                     applied += 1
             return applied
@@ -237,7 +238,7 @@ class Catalog:
     def start_run(self, kind: str, target: str | None, actor: str, source: str,
                   details: dict[str, Any] | None = None) -> int:
         with self.tx() as db:
-            table = db["runs"]
+            table = db.table("runs")
             table.insert({
                 "kind": kind, "target": target, "status": "running", "started_at": iso(utcnow()),
                 "actor": actor, "source": source, "details": json.dumps(details or {}),
@@ -257,7 +258,7 @@ class Catalog:
         if rto_s is not None:
             updates["rto_s"] = rto_s
         with self.tx() as db:
-            db["runs"].update(run_id, updates)
+            db.table("runs").update(run_id, updates)
 
     def runs(self, *, kind: str | None = None, target: str | None = None, limit: int = 50,
              status: str | None = None) -> list[dict[str, Any]]:
@@ -286,9 +287,9 @@ class Catalog:
     def add_backup(self, row: dict[str, Any], copies: list[Copy]) -> None:
         """Record a complete backup and its copies atomically."""
         with self.tx() as db:
-            db["backups"].insert(row)
+            db.table("backups").insert(row)
             for c in copies:
-                db["copies"].insert({"backup_id": row["id"], **c.__dict__})
+                db.table("copies").insert({"backup_id": row["id"], **c.__dict__})
 
     def get(self, backup_id: str) -> Backup:
         rows = list(self.db.query("SELECT * FROM backups WHERE id = ?", [backup_id]))
@@ -298,7 +299,7 @@ class Catalog:
         return self._backup(rows[0])
 
     def list(self, *, target: str | None = None, limit: int | None = None,
-             include_deleted: bool = False, kind: str | None = None) -> list[Backup]:
+             include_deleted: bool = False, kind: str | None = None) -> builtins.list[Backup]:
         where, params = self._where(target=target, kind=kind)
         if not include_deleted:
             where += (" AND " if where else "WHERE ") + "status != 'deleted'"
@@ -315,40 +316,40 @@ class Catalog:
                    copy_results: dict[str, tuple[str, str | None]] | None = None) -> None:
         now = iso(utcnow())
         with self.tx() as db:
-            db["backups"].update(backup_id, {
+            db.table("backups").update(backup_id, {
                 "verify_status": "ok" if ok else "failed", "verified_at": now,
                 "verify_error": redact(error) if error else None,
             })
             for dest, (status, err) in (copy_results or {}).items():
-                db["copies"].update((backup_id, dest), {
+                db.table("copies").update((backup_id, dest), {
                     "status": status, "verified_at": now, "error": redact(err) if err else None})
 
     def set_copy_status(self, backup_id: str, destination: str, status: str, error: str | None = None) -> None:
         with self.tx() as db:
-            db["copies"].update((backup_id, destination), {"status": status, "error": redact(error) if error else None})
+            db.table("copies").update((backup_id, destination), {"status": status, "error": redact(error) if error else None})
 
     def mark_deleted(self, backup_id: str) -> None:
         with self.tx() as db:
-            db["backups"].update(backup_id, {"status": "deleted"})
+            db.table("backups").update(backup_id, {"status": "deleted"})
             db.execute("UPDATE copies SET status='deleted' WHERE backup_id=?", [backup_id])
 
     # -- audit ------------------------------------------------------------------------------
     def audit(self, action: str, *, actor: str, source: str, target: str | None = None,
               backup_id: str | None = None, details: dict[str, Any] | None = None) -> None:
         with self.tx() as db:
-            db["audit"].insert({
+            db.table("audit").insert({
                 "at": iso(utcnow()), "actor": actor, "source": source, "action": action,
                 "target": target, "backup_id": backup_id,
                 "details": redact(json.dumps(details or {}, default=str)),
             })
 
-    def audit_events(self, limit: int = 20, *, action: str | None = None) -> list[dict[str, Any]]:
+    def audit_events(self, limit: int = 20, *, action: str | None = None) -> builtins.list[dict[str, Any]]:
         where, params = self._where(action=action)
         return list(self.db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*params, limit]))
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
-    def _where(**filters: Any) -> tuple[str, list[Any]]:
+    def _where(**filters: Any) -> tuple[str, builtins.list[Any]]:
         parts, params = [], []
         for col, value in filters.items():
             if value is not None:

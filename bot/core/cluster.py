@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from bot.core.pgtools import find_bindir
@@ -26,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as_postgres_user() -> dict[str, object]:
+def _as_postgres_user() -> dict[str, Any]:
     """subprocess kwargs that drop to the postgres OS user when we are root."""
     if os.geteuid() != 0:
         return {}

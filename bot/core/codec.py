@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import zstandard
 
@@ -89,12 +89,12 @@ def compression_params(level: int, threads: int) -> zstandard.ZstdCompressionPar
     return params
 
 
-def encode(source: BinaryIO, sink: Fanout, *, level: int, threads: int = 0,
+def encode(source: BinaryIO | IO[bytes], sink: Fanout, *, level: int, threads: int = 0,
            recipients: tuple[str, ...] = ()) -> None:
     """Compress (and encrypt, when recipients are given) ``source`` into ``sink``."""
     cctx = zstandard.ZstdCompressor(compression_params=compression_params(level, threads))
     if not recipients:
-        cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)
+        cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]  # duck-typed writer
         return
     import pyrage
 
@@ -196,7 +196,7 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
     dctx = zstandard.ZstdDecompressor()
     try:
         if not encrypted:
-            dctx.copy_stream(reader, sink, read_size=CHUNK, write_size=CHUNK)
+            dctx.copy_stream(reader, sink, read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]  # duck-typed reader
             return
         import pyrage
 

@@ -39,17 +39,19 @@ class TocEntry:
 def parse(toc_text: str) -> list[TocEntry]:
     entries: list[TocEntry] = []
     for line in toc_text.splitlines():
-        m = _HEAD.match(line.strip())
+        # Only the line break goes: an entry without an owner ends in a space ("COMMENT - EXTENSION x "),
+        # and stripping it would read the object's name as its owner.
+        m = _HEAD.match(line.rstrip("\r\n"))
         if not m:
             continue
         rest = m.group(4)
         desc = next((d for d in _DESCS if rest == d or rest.startswith(d + " ")), rest.split(" ", 1)[0])
-        remainder = rest[len(desc):].strip()
+        remainder = rest[len(desc):].lstrip()  # keep a trailing space: it means "no owner"
         schema, _, tail = remainder.partition(" ")
         tag, _, owner = tail.rpartition(" ")
         if not tag:  # entries without an owner (e.g. "- " owner omitted)
             tag, owner = tail, ""
-        entries.append(TocEntry(line.strip(), int(m.group(1)), desc, schema, tag, owner))
+        entries.append(TocEntry(line.rstrip("\r\n"), int(m.group(1)), desc, schema, tag, owner))
     return entries
 
 
