@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,13 @@ from bot.core import retention
 from bot.core.catalog import Backup, Catalog, utcnow
 from bot.core.dump import BackupOutcome, run_backup
 from bot.core.pgtools import ConnInfo
-from bot.core.restore import RestoreOutcome, RestoreRequest, default_scratch_name, restore
+from bot.core.restore import (
+    RestoreOutcome,
+    RestoreRequest,
+    check_database_free,
+    default_scratch_name,
+    restore,
+)
 from bot.core.storage import Storage, build_storages
 from bot.core.verify import CopyCheck, verify_backup
 from bot.errors import BackupbotError, Refused, RestoreError
@@ -104,17 +110,22 @@ class Services:
                tags: Sequence[str] = (), progress: Callable[[int, float], None] | None = None) -> BackupOutcome:
         t = self.settings.target(target)
         with self.target_lock(t.name):
-            # Holding the lock, any backup run of this target still 'running' was cut short.
-            self.catalog.mark_abandoned_runs(kind="backup", target=t.name)
-            self.catalog.audit("backup.start", actor=actor, source=source, target=t.name, details={"kind": kind})
-            try:
-                outcome = run_backup(self.settings, t, self.catalog, self.storages, actor=actor, source=source,
-                                     kind=kind, tags=tags, progress=progress)
-            except BackupbotError as exc:
-                self.catalog.audit("backup.failed", actor=actor, source=source, target=t.name,
-                                   details={"error": exc.message})
-                self.emit("backup.failed", target=t.name, error=exc.message, detail=exc.detail, kind=kind)
-                raise
+            return self._backup_locked(t, actor=actor, source=source, kind=kind, tags=tags, progress=progress)
+
+    def _backup_locked(self, t: Target, *, actor: str, source: str, kind: str, tags: Sequence[str] = (),
+                       progress: Callable[[int, float], None] | None = None) -> BackupOutcome:
+        """One backup; the caller holds the target's lock."""
+        # Holding the lock, any backup run of this target still 'running' was cut short.
+        self.catalog.mark_abandoned_runs(kind="backup", target=t.name)
+        self.catalog.audit("backup.start", actor=actor, source=source, target=t.name, details={"kind": kind})
+        try:
+            outcome = run_backup(self.settings, t, self.catalog, self.storages, actor=actor, source=source,
+                                 kind=kind, tags=tags, progress=progress)
+        except BackupbotError as exc:
+            self.catalog.audit("backup.failed", actor=actor, source=source, target=t.name,
+                               details={"error": exc.message})
+            self.emit("backup.failed", target=t.name, error=exc.message, detail=exc.detail, kind=kind)
+            raise
         self.catalog.audit("backup.done", actor=actor, source=source, target=t.name, backup_id=outcome.backup.id,
                            details={"size_bytes": outcome.backup.size_bytes, "failed_copies": outcome.failed_copies})
         self.emit("backup.done", target=t.name, backup=outcome.backup, failed_copies=outcome.failed_copies, kind=kind)
@@ -133,8 +144,14 @@ class Services:
         (the weekly integrity check)."""
         backup = self.get_backup(backup_id)
         run_id = self.catalog.start_run("verify", backup.target, actor, source, {"backup_id": backup.id})
-        results = verify_backup(backup, self.storages, self.catalog,
-                                identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir)
+        try:
+            results = verify_backup(backup, self.storages, self.catalog,
+                                    identity_file=self.settings.encryption.identity_file,
+                                    bindir=self.settings.pg_bindir)
+        except BaseException as exc:  # never leave the run 'running'
+            self.catalog.finish_run(run_id, "failed", backup_id=backup.id,
+                                    error=getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            raise
         ok = bool(results) and all(r.ok for r in results)
         errors = "; ".join(r.error for r in results if r.error) or None
         self.catalog.finish_run(run_id, "ok" if ok else "failed", backup_id=backup.id, error=errors)
@@ -159,7 +176,9 @@ class Services:
         if req.mode == "in-place":
             return target.database_url, target
         name = req.into or default_scratch_name(backup.database or info.dbname, self.clock())
-        return ConnInfo({**info.params, "dbname": name}).conninfo(), target
+        url = ConnInfo({**info.params, "dbname": name}).conninfo()
+        check_database_free(url)  # "into" promises a new database: an existing one is refused, untouched
+        return url, target
 
     def restore(self, req: RestoreRequest, *, actor: str, source: str,
                 progress: Callable[[str], None] | None = None, safety_backup: bool = True,
@@ -171,11 +190,35 @@ class Services:
                            backup_id=backup.id, details={"mode": req.mode, "destination": ConnInfo.parse(dest_url).describe(),
                                                          "table": req.table})
         safety: Backup | None = None
+        # An in-place restore holds the target's lock throughout: no scheduled backup, and no
+        # second restore, can run against the database while it is being replaced.
+        guard = self.target_lock(target.name) if req.mode == "in-place" and target is not None else nullcontext()
+        try:
+            with guard:
+                outcome, safety = self._restore_locked(req, backup, dest_url, target, actor=actor, source=source,
+                                                       progress=progress, safety_backup=safety_backup,
+                                                       on_safety_backup=on_safety_backup)
+        except BackupbotError as exc:
+            safety = getattr(exc, "safety_backup", None)
+            self.catalog.audit("restore.failed", actor=actor, source=source, backup_id=backup.id,
+                               details={"error": exc.message, "safety_backup": safety.id if safety else None})
+            self.emit("restore.failed", target=backup.target, backup_id=backup.id, error=exc.message,
+                      safety_backup=safety.id if safety else None)
+            raise
+        self.catalog.audit("restore.done", actor=actor, source=source, backup_id=backup.id,
+                           details={"ok": outcome.report.ok, "duration_s": outcome.duration_s,
+                                    "destination": outcome.destination})
+        return outcome, safety
+
+    def _restore_locked(self, req: RestoreRequest, backup: Backup, dest_url: str, target: Target | None, *,
+                        actor: str, source: str, progress: Callable[[str], None] | None, safety_backup: bool,
+                        on_safety_backup: Callable[[Backup], None] | None) -> tuple[RestoreOutcome, Backup | None]:
+        safety: Backup | None = None
         try:
             if req.mode == "in-place" and safety_backup and target is not None:
                 (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
-                safety = self.backup(target.name, actor=actor, source=source, kind="pre-restore",
-                                     tags=("pre-restore",)).backup
+                safety = self._backup_locked(target, actor=actor, source=source, kind="pre-restore",
+                                             tags=("pre-restore",)).backup
                 if on_safety_backup is not None:  # callers report it before the restore starts
                     on_safety_backup(safety)
             from bot.core import supabase_restore
@@ -187,14 +230,8 @@ class Services:
                 **supabase_restore.restore_hooks(backup, dest_url, req),
             )
         except BackupbotError as exc:
-            self.catalog.audit("restore.failed", actor=actor, source=source, backup_id=backup.id,
-                               details={"error": exc.message, "safety_backup": safety.id if safety else None})
-            self.emit("restore.failed", target=backup.target, backup_id=backup.id, error=exc.message,
-                      safety_backup=safety.id if safety else None)
+            exc.safety_backup = safety  # type: ignore[attr-defined]  # the caller reports it
             raise
-        self.catalog.audit("restore.done", actor=actor, source=source, backup_id=backup.id,
-                           details={"ok": outcome.report.ok, "duration_s": outcome.duration_s,
-                                    "destination": outcome.destination})
         return outcome, safety
 
     def prune(self, *, dry_run: bool, actor: str, source: str, target: str | None = None) -> list[PruneResult]:
@@ -206,8 +243,18 @@ class Services:
 
     def _prune_target(self, name: str, *, dry_run: bool, actor: str, source: str) -> PruneResult:
         backups = self.catalog.list(target=name)
-        candidates = [retention.Candidate(b.id, b.created_at, b.verified, b.tags) for b in backups]
+        # "Verified" for retention means restorable today: a backup whose copies were found corrupt
+        # or missing since must not count towards RETENTION_MIN_VERIFIED.
+        candidates = [retention.Candidate(b.id, b.created_at,
+                                          b.verified and any(c.status == "stored" for c in b.copies), b.tags)
+                      for b in backups]
         decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
+        busy = self.catalog.in_use()
+        if busy & set(decision.delete):  # a restore is reading (or waiting to read) these
+            keep = dict(decision.keep)
+            for backup_id in busy & set(decision.delete):
+                keep[backup_id] = ["in use by a restore"]
+            decision = retention.Decision(keep=keep, delete=[i for i in decision.delete if i not in busy])
         result = PruneResult(name, decision, dry_run=dry_run)
         if dry_run or not decision.delete:
             return result

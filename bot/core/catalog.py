@@ -309,8 +309,24 @@ class Catalog:
         return [self._backup(r) for r in self.db.query(sql, params)]
 
     def latest_good(self, target: str) -> Backup | None:
-        rows = self.list(target=target, limit=1)
-        return rows[0] if rows else None
+        """The newest backup that can still be restored: not failed verification, and at least
+        one copy stored (what the dead-man's switch, drills and status mean by 'good')."""
+        rows = list(self.db.query(
+            "SELECT b.* FROM backups b WHERE b.target = ? AND b.status = 'complete' "
+            "AND coalesce(b.verify_status, 'unverified') != 'failed' "
+            "AND EXISTS (SELECT 1 FROM copies c WHERE c.backup_id = b.id AND c.status = 'stored') "
+            "ORDER BY b.created_at DESC, b.id DESC LIMIT 1", [target]))
+        return self._backup(rows[0]) if rows else None
+
+    def in_use(self) -> set[str]:
+        """Backups a restore is reading or waiting to read: retention must leave them alone."""
+        ids = {r["bid"] for r in self.db.query(
+            "SELECT json_extract(details, '$.backup_id') AS bid FROM runs "
+            "WHERE kind IN ('restore', 'drill') AND status = 'running'") if r["bid"]}
+        if "restore_requests" in self.db.table_names():
+            ids |= {r["backup_id"] for r in self.db.query(
+                "SELECT backup_id FROM restore_requests WHERE status IN ('pending', 'approved', 'running')")}
+        return ids
 
     def set_verify(self, backup_id: str, ok: bool, error: str | None = None,
                    copy_results: dict[str, tuple[str, str | None]] | None = None) -> None:

@@ -80,6 +80,9 @@ def run_backup(
         err = DumpError(f"backup of {target.name} failed: {type(exc).__name__}: {redact(exc)}")
         catalog.finish_run(run_id, "failed", error=err.message)
         raise err from exc
+    except BaseException:  # Ctrl-C, SystemExit: the run ends here too, never left 'running'
+        catalog.finish_run(run_id, "failed", error="interrupted before the backup completed")
+        raise
     status = "partial" if outcome.failed_copies else "ok"
     catalog.finish_run(run_id, status, backup_id=outcome.backup.id,
                        error="; ".join(f"{d}: {e}" for d, e in outcome.failed_copies.items()) or None)
@@ -146,9 +149,16 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
             args.append(f"--exclude-schema={schema}")
         for table in profile.excluded_tables:
             args.append(f"--exclude-table={_literal_pattern(table)}")
-        writers: dict[str, CopyWriter] = {s.name: s.open_writer(keys["dump"]) for s in usable}
+        writers: dict[str, CopyWriter] = {}
+        try:
+            for storage in usable:
+                writers[storage.name] = storage.open_writer(keys["dump"])
+            proc = pg_dump.popen(args, info)
+        except BaseException:  # nothing half-written may stay behind
+            for w in writers.values():
+                w.abort()
+            raise
         sink = Fanout(writers, progress)
-        proc = pg_dump.popen(args, info)
         # The roles dump and the manifest's counts (same snapshot) run beside the stream: they
         # use the server while this thread compresses.
         side = _SideWork(lambda: pg_dumpall.run(
@@ -228,7 +238,8 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
             by_name[name].put_bytes(keys["manifest"], manifest_blob)
         except BackupbotError as exc:
             failed[name] = f"stored the dump but not its manifest: {exc.message}"
-            by_name[name].delete(keys["dump"])
+            for key in (keys["dump"], keys["roles"]):
+                by_name[name].delete(key)
             del stored[name]
     if not stored:
         raise StorageError("no destination stored the backup: " + "; ".join(f"{d}: {e}" for d, e in failed.items()))

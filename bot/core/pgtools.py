@@ -57,6 +57,7 @@ class ConnInfo:
 
         params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
         register_secret(params.get("password"))
+        register_secret(params.get("sslpassword"))
         return cls(params)
 
     @property
@@ -102,7 +103,7 @@ class ConnInfo:
         """Conninfo without the password, for the pg_* tools' --dbname."""
         from psycopg.conninfo import make_conninfo
 
-        return make_conninfo(**{k: v for k, v in self.params.items() if k != "password"})
+        return make_conninfo(**{k: v for k, v in self.params.items() if k not in ("password", "sslpassword")})
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}/{self.dbname}"
@@ -114,6 +115,8 @@ class ConnInfo:
         env["PGAPPNAME"] = "backupbot"
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.params.get("options"):  # for tools given only part of the conninfo
+            env["PGOPTIONS"] = self.params["options"]
         return env
 
 

@@ -11,7 +11,7 @@ _known_secrets: set[str] = set()
 # user:password@ inside any URL-ish string (postgresql://, postgres://, https://)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
 # key=value conninfo style: password=..., also quoted
-_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_KV_PASSWORD = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 # Slack tokens, AWS keys, age secret keys, bearer tokens
 _TOKENS = [
     re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+"),

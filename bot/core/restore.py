@@ -33,7 +33,7 @@ from bot.core.pgtools import (
 from bot.core.redact import redact
 from bot.core.storage.base import Storage
 from bot.core.verify import Check, Report, compare, verify_copy
-from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError
+from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
 
 MODES = ("into", "in-place", "to")
 _DBNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
@@ -264,6 +264,11 @@ def restore(
             except (IntegrityError, NotFound) as exc:
                 errors.append(exc.message)
                 catalog.set_copy_status(backup.id, candidate.name, "corrupt" if isinstance(exc, IntegrityError) else "missing", exc.message)
+                # The backup is no longer what its verification said: retention and "latest good"
+                # must stop counting on it.
+                catalog.set_verify(backup.id, False, exc.message)
+            except StorageError as exc:  # unreachable right now (network, permissions): try the next copy
+                errors.append(exc.message)
         if storage is None:
             raise IntegrityError(f"no intact copy of {backup.id}: " + "; ".join(errors))
         say(f"checksum of the {storage.name} copy matches")
@@ -282,13 +287,16 @@ def restore(
             say(f"roles: {len(roles.created)} created" + (f", {len(roles.problems)} problems" if roles.problems else ""))
 
         if request.mode == "into":
+            _create_database(info, info.dbname)
+            # Only now is it ours: a database that existed before is never dropped on failure.
             created_db = info.dbname
-            _create_database(info, created_db)
             say(f"created database {created_db}")
 
         # --verbose: on failure, stderr then names the archive entry that failed (see pgtools).
+        # The session options (lock_timeout, maintenance_work_mem) travel in --dbname itself: an
+        # `options` in the user's URL would otherwise override PGOPTIONS.
         args = ["--no-password", "--exit-on-error", "--single-transaction", "--verbose",
-                f"--dbname={info.safe_conninfo()}"]
+                f"--dbname={_restore_env(info, maintenance_work_mem).safe_conninfo()}"]
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
         ctx = LoadContext(request, backup, info, storage, identity_file, bindir)
@@ -461,6 +469,17 @@ def _admin_conn(info: ConnInfo) -> psycopg.Connection[Any]:
         except psycopg.OperationalError:
             continue
     raise RestoreError(f"cannot connect to the maintenance database on {info.host}:{info.port}")
+
+
+def check_database_free(dest_url: str) -> None:
+    """Refuse an --into name that already exists, before anything is requested or touched."""
+    info = ConnInfo.parse(dest_url)
+    if not _DBNAME.match(info.dbname):
+        raise RestoreError(f"{info.dbname!r} is not a usable database name (letters, digits, _; at most 63)")
+    with _admin_conn(info) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [info.dbname]).fetchone():
+            raise RestoreError(f"database {info.dbname} already exists on {info.host}:{info.port}; "
+                               "choose a new name with --into (nothing was changed)")
 
 
 def _create_database(info: ConnInfo, name: str) -> None:

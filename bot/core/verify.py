@@ -13,7 +13,7 @@ from bot.core.catalog import Backup, Catalog
 from bot.core.codec import HashingReader, ProcessSink, decode
 from bot.core.pgtools import Command
 from bot.core.storage.base import Storage
-from bot.errors import BackupbotError, IntegrityError, NotFound
+from bot.errors import BackupbotError, NotFound
 
 
 @dataclass
@@ -52,9 +52,15 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         sink.close()
         code = lister.wait(120)
         t.join(30)
-    except IntegrityError as exc:
+    except BackupbotError as exc:  # corrupt (IntegrityError) or unreadable (StorageError) mid-way
         lister.kill()
         return CopyCheck(storage.name, False, exc.message)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        lister.kill()
+        return CopyCheck(storage.name, False, f"{what} could not be read to the end: {exc}")
+    except BaseException:
+        lister.kill()
+        raise
     finally:
         close = getattr(raw, "close", None)
         if close:

@@ -195,3 +195,100 @@ def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: invalid configuration: RETENTION_DAILY must be a whole number, got 'seven' (RETENTION_DAILY)"
+
+
+def test_restore_into_an_existing_database_is_refused_and_leaves_it_untouched(crm_db, make_services, pg):
+    # GIVEN a database someone cares about, and a backup
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    precious = pg.create_database("precious_db")
+    query(precious, "CREATE TABLE keep_me AS SELECT 1 AS x")
+    # WHEN a restore "into" that name is asked for
+    with pytest.raises(BackupbotError) as err:
+        services.restore(RestoreRequest(backup.id, mode="into", into="precious_db"), actor="t", source="cli")
+    # THEN it is refused and the database is still there with its data
+    assert "already exists" in err.value.message and "nothing was changed" in err.value.message
+    assert query(precious, "SELECT x FROM keep_me") == [(1,)]
+
+
+LOG_ARGS = """#!/bin/sh
+printf '%s\\n' "$@" > "@LOG@"
+env | grep '^PGOPTIONS=' >> "@LOG@"
+exec @REAL@/pg_restore "$@"
+"""
+
+
+def test_restore_session_gets_lock_timeout_and_maintenance_work_mem(crm_db, make_services, tmp_path):
+    # GIVEN a pg_restore that records how it was called
+    log = tmp_path / "pg_restore.args"
+    bindir = fake_bindir(tmp_path, {"pg_restore": LOG_ARGS.replace("@LOG@", str(log))})
+    services = make_services(crm_db, PG_BINDIR=str(bindir), RESTORE_MAINTENANCE_WORK_MEM="256MB")
+    backup = services.backup(actor="t", source="cli").backup
+    # WHEN restoring
+    services.restore(RestoreRequest(backup.id, mode="into", into="with_options"), actor="t", source="cli")
+    # THEN the session options reached the server connection (and no password is on the command line)
+    called = log.read_text()
+    assert "lock_timeout=60s" in called and "maintenance_work_mem=256MB" in called
+    assert PASSWORD not in called.replace("PGOPTIONS", "")
+
+
+def test_copy_found_corrupt_stops_counting_as_verified_for_retention(crm_db, make_services, tmp_path):
+    # GIVEN two verified backups, the newer of which has since been corrupted on disk
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_WEEKLY="0", RETENTION_MONTHLY="0",
+                             RETENTION_MIN_VERIFIED="1")
+    older, newer = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    for b in (older, newer):
+        assert all(c.ok for c in services.verify(b.id, actor="t", source="cli"))
+    stored = tmp_path / "backups" / "prod" / f"{newer.id}.dump.zst"
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    # WHEN a restore discovers it
+    with pytest.raises(IntegrityError):
+        services.restore(RestoreRequest(newer.id, mode="into", into="from_corrupt"), actor="t", source="cli")
+    # THEN the older, intact backup is the latest good one and retention keeps it
+    assert services.get_backup(newer.id).verify_status == "failed"
+    assert services.catalog.latest_good("prod").id == older.id
+    result = services.prune(dry_run=True, actor="t", source="cli")[0]
+    assert older.id in result.decision.keep and older.id not in result.decision.delete
+
+
+def test_storage_error_while_verifying_fails_the_check_and_finishes_the_run(crm_db, make_services, monkeypatch):
+    import io
+
+    from bot.core.storage.local import LocalStorage
+
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+
+    class Broken(io.RawIOBase):
+        def __init__(self, inner):
+            self.inner, self.sent = inner, 0
+
+        def read(self, n=-1):
+            if self.sent > 2000:
+                raise StorageError("connection reset while reading the copy")
+            chunk = self.inner.read(min(n if n > 0 else 1024, 1024))
+            self.sent += len(chunk)
+            return chunk
+
+    real = LocalStorage.open_reader
+    monkeypatch.setattr(LocalStorage, "open_reader", lambda self, key: Broken(real(self, key)))
+    results = services.verify(backup.id, actor="t", source="cli")
+    assert not results[0].ok and "connection reset" in (results[0].error or "")
+    assert services.catalog.runs(kind="verify")[0]["status"] == "failed"
+
+
+def test_interrupted_backup_run_is_finished_not_left_running(crm_db, make_services, monkeypatch):
+    import bot.core.dump as dump
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dump, "encode", interrupted)
+    services = make_services(crm_db)
+    with pytest.raises(KeyboardInterrupt):
+        services.backup(actor="t", source="cli")
+    run = services.catalog.runs(kind="backup")[0]
+    assert run["status"] == "failed" and "interrupted" in run["error"]
+    assert services.catalog.list() == []
