@@ -1,5 +1,5 @@
-"""The `/backup` slash command: checks the channel and permissions, acks at once, dedups Slack
-retries, audits, and hands the parsed invocation to the registered subcommand."""
+"""The `/backup` slash command: acks at once, dedups Slack retries, checks the channel and
+permissions, audits, and hands the parsed invocation to the registered subcommand."""
 
 from __future__ import annotations
 
@@ -29,11 +29,14 @@ def register(app: Any, ctx: Any) -> None:
             ack(**usage_message(ctx.router, problem=f"unknown subcommand `{inv.sub}`" if inv.sub != "help" else None))
             ctx.audit("slack./backup", inv.user_id, command=inv.text, result="usage")
             return
+        # Ack before the permission check: resolving a user group is a Web API call that a rate
+        # limit (Retry-After) can stretch past Slack's 3-second bound for the ack.
+        ack()
         if sub.operators_only and not ctx.is_operator(inv.user_id):
-            ack(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS).")
+            respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS).",
+                    response_type="ephemeral")
             ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator")
             return
-        ack()
         ctx.audit(f"slack./backup {sub.name}", inv.user_id, command=inv.text, channel=inv.channel_id)
         try:
             sub.handler(inv, respond)

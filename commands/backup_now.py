@@ -89,19 +89,30 @@ class BackupRunner:
         run: ActiveRun | None = None
         with self._lock:  # check-and-reserve atomically: a double request starts one backup
             active = self._active.get(name)
-            other = None if active else self.ctx.core.running(name)
-            if active is None and other is None:
+            holder = None if active else self._lock_holder(name)
+            if active is None and holder is None:
                 run = self._active[name] = ActiveRun(name, actor, source, reply,
                                                      throttle=Throttle(self.progress_every))
         if run is None:
             link = self.ctx.notifier.permalink(active.ts) if active and active.ts else None
-            busy = other or ({"started_at": active.started_at, "actor": active.actor, "source": active.source}
-                             if active else None)
-            _safe(reply, busy_message(name, link=link, run=busy))
+            busy = ({"started_at": active.started_at, "actor": active.actor, "source": active.source}
+                    if active else holder)
+            _safe(reply, busy_message(name, link=link, run=busy or None, tz=self.ctx.settings.tz))
             return None
         job = self.ctx.submit(self._run, run)  # first: a failing reply must not strand the reservation
         _safe(reply, started_message(name))
         return job
+
+    def _lock_holder(self, name: str) -> dict[str, Any] | None:
+        """None when the target's lock is free; else the catalog's running row describing who
+        holds it ({} when there is none yet). The lock decides, not the row: a CLI backup killed
+        by Ctrl-C leaves its row 'running', and that must not refuse every later backup. Should
+        someone take the lock right after this look, the job's own BackupBusy says so."""
+        try:
+            with self.ctx.core.target_lock(name):
+                return None
+        except BackupBusy as exc:
+            return exc.run or {}
 
     # -- the job ------------------------------------------------------------------------------
     def _run(self, run: ActiveRun) -> None:
@@ -113,7 +124,7 @@ class BackupRunner:
             final = result_message(outcome.backup, failed_copies=outcome.failed_copies,
                                    tz=self.ctx.settings.tz, actor=run.actor)
         except BackupBusy as exc:  # another process (CLI, a scheduler elsewhere) got there first
-            final = busy_message(run.target, link=None, run=exc.run)
+            final = busy_message(run.target, link=None, run=exc.run, tz=self.ctx.settings.tz)
         except BackupbotError as exc:
             final = failure_message(run.target, error=exc.message, detail=exc.detail, elapsed_s=run.elapsed,
                                     actor=run.actor)

@@ -186,17 +186,19 @@ def register(app: Any, ctx: Any) -> None:
             ack()
             refuse(click, request, "approve", SELF_APPROVAL, render.refusal_text(SELF_APPROVAL, request, tz))
             return
-        if not flow.may_approve(user):
-            ack()
-            not_approver(click, request, "approve")
-            return
+        # The typed name is checked before the ack: only the ack can keep the dialog open with an error.
         if typed != (request.confirm_text or request.target):
             ack(response_action="errors", errors={
                 render.CONFIRM_BLOCK: f"That is not {request.confirm_text}. Type the target name exactly to confirm."})
             flow.audit("restore_request.refused", user, request, attempt="approve", reason="confirmation_mismatch",
                        typed=typed[:100])
             return
+        # Permission after the ack (which closes the dialog): resolving the approvers' user groups is
+        # a Web API call that a rate limit can stretch past Slack's 3-second bound.
         ack()
+        if not flow.may_approve(user):
+            not_approver(click, request, "approve")
+            return
         decide(click, "approve", flow.store.approve(request.id, user, flow.now()))
 
 

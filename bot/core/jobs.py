@@ -84,12 +84,27 @@ class Runtime:
 def scheduled_backup(rt: Runtime, target: str, *, catch_up: bool = False) -> BackupOutcome | None:
     """One scheduled backup, then retention, the result message, the heartbeat and the
     dead-man's switch (so a recovery is announced at once, not 15 minutes later)."""
+    try:
+        return _backup_then_report(rt, target, catch_up=catch_up)
+    except BackupBusy as exc:
+        log_busy(target, exc)
+        return None
+
+
+def log_busy(target: str, exc: BackupBusy) -> None:
+    """A backup that finds another one of its target running (a cron slot and the start-up
+    catch-up at the same moment, the CLI, `/backup now`) leaves the job to that one: not a
+    failure, so an info line and no alert."""
+    log.info("scheduled backup of %s skipped: %s", target, exc.message)
+
+
+def _backup_then_report(rt: Runtime, target: str, *, catch_up: bool) -> BackupOutcome | None:
+    """scheduled_backup's work; raises BackupBusy, before doing anything, when the target's lock is held."""
     services = rt.services
     try:
         outcome = services.backup(target, actor=ACTOR, source=SOURCE, kind="catch-up" if catch_up else "scheduled")
-    except BackupBusy as exc:
-        log.info("scheduled backup of %s skipped: %s", target, exc.message)
-        return None
+    except BackupBusy:
+        raise
     except BackupbotError as exc:
         # services.backup already recorded the run and emitted backup.failed for the alerts.
         log.warning("scheduled backup of %s failed: %s", target, exc.message)
@@ -155,17 +170,27 @@ def missed_backup(rt: Runtime, target: str, now: datetime) -> datetime | None:
 
 def catch_up(rt: Runtime) -> list[str]:
     """At start-up: for each target whose last scheduled backup was missed while the bot was
-    down, say so in the channel and take exactly one backup (however many runs were missed)."""
+    down, say so in the channel and take exactly one backup (however many runs were missed).
+    Returns the targets it took (or tried to take) a backup of; one already running is left alone."""
     done = []
     now = rt.now()
     for target in rt.services.settings.targets:
         slot = missed_backup(rt, target, now)
         if slot is None:
             continue
-        rt.poster.post(f"⏰ Catch-up: the scheduled backup of *{target}* due "
-                       f"{local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not run (backupbot was not "
-                       "running). Taking it now.")
-        scheduled_backup(rt, target, catch_up=True)
+        missed = (f"⏰ Catch-up: the scheduled backup of *{target}* due "
+                  f"{local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not run (backupbot was not running).")
+        ts = rt.poster.post(f"{missed} Taking it now.")
+        try:
+            _backup_then_report(rt, target, catch_up=True)
+        except BackupBusy as exc:
+            # A cron slot (or the CLI) got there first, between the announcement and the lock:
+            # correct the announcement in place rather than leave "Taking it now" standing.
+            log_busy(target, exc)
+            busy = f"{missed} A backup of *{target}* is already running; not taking another."
+            if ts is None or not rt.poster.update(ts, busy):
+                rt.poster.post(busy)
+            continue
         done.append(target)
     return done
 

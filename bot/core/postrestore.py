@@ -2,7 +2,8 @@
 the freshly restored database, with its exit status and a redacted tail of its output.
 
 The command line is split with shlex and run without a shell, so nothing in it is interpreted
-twice; the restored database's URL reaches it only through the environment, never argv.
+twice; the restored database's URL reaches it only through the environment, never argv. That
+environment is a minimal one (``child_environment``): the bot's own credentials stay with the bot.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,13 @@ from bot.core.redact import redact
 DEFAULT_TIMEOUT_S = 600
 TAIL_LINES = 20
 TAIL_CHARS = 1500
+
+# What the command inherits from the bot's environment: enough to run a program, nothing more.
+INHERITED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ"})
+INHERITED_PREFIXES = ("LC_",)
+# Never inherited, whatever the lists above let through: the bot's credentials and endpoints.
+SECRET_PREFIXES = ("SLACK_", "AWS_", "SUPABASE_", "ENCRYPTION", "AGE_", "HEARTBEAT")
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD")
 
 
 @dataclass
@@ -61,7 +70,7 @@ def run_post_restore(command: str, database_url: str, *, timeout_s: float = DEFA
         return PostRestoreResult(shown, None, error=f"cannot split the command line: {exc}")
     if not argv:
         return PostRestoreResult(shown, None, error="the command is empty")
-    env = {**os.environ, "DATABASE_URL": database_url, "RESTORED_DATABASE_URL": database_url}
+    env = child_environment(database_url)
     t0 = time.monotonic()
     try:
         # A session of its own, so a timeout stops the command's children too (a test runner's workers).
@@ -83,6 +92,21 @@ def run_post_restore(command: str, database_url: str, *, timeout_s: float = DEFA
     reader.join(timeout=5)
     text = redact("".join(tail).rstrip())
     return PostRestoreResult(shown, code, text[-TAIL_CHARS:], round(time.monotonic() - t0, 3), timed_out, argv=argv)
+
+
+def child_environment(database_url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The command's environment: PATH, HOME, LANG, LANGUAGE, LC_* and TZ from ``environ`` (the
+    bot's), and DATABASE_URL / RESTORED_DATABASE_URL naming the restored database. Not the bot's
+    Slack tokens, cloud keys, encryption key or the source database's URL. Pure."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items()
+           if (k in INHERITED or k.startswith(INHERITED_PREFIXES)) and not _secret(k)}
+    return {**env, "DATABASE_URL": database_url, "RESTORED_DATABASE_URL": database_url}
+
+
+def _secret(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(SECRET_PREFIXES) or any(word in upper for word in SECRET_WORDS)
 
 
 def _collect(proc: subprocess.Popen[bytes], tail: deque[str]) -> None:

@@ -44,7 +44,7 @@ from bot.core.cron import CrontabTrigger, cron_trigger
 from bot.core.jobs import Poster, Runtime
 from bot.core.redact import redact
 from bot.core.schedule_settings import ScheduleSettings
-from bot.services import Services
+from bot.services import BackupBusy, Services
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,10 @@ def job_listener(rt: Runtime) -> Callable[[JobExecutionEvent], None]:
         job_id = event.job_id
         now = rt.now()
         try:
-            if event.code == EVENT_JOB_ERROR:
+            if event.code == EVENT_JOB_ERROR and isinstance(event.exception, BackupBusy):
+                # Another backup of the target holds its lock and does the job: not a crash.
+                log.info("scheduled job %s skipped: %s", job_id, event.exception.message)
+            elif event.code == EVENT_JOB_ERROR:
                 err = redact(f"{type(event.exception).__name__}: {event.exception}")
                 rt.alarms.fire("schedule", job_id, f"scheduled job {job_id} crashed: {err}", now=now,
                                every=rt.sched.stale_alert_repeat, detail=redact(event.traceback or "")[-2000:],

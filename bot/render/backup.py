@@ -78,15 +78,24 @@ def started_message(target: str) -> dict[str, Any]:
                                   "Progress and the result are posted in the channel.")])
 
 
-def busy_message(target: str, *, link: str | None, run: dict[str, Any] | None) -> dict[str, Any]:
+def busy_message(target: str, *, link: str | None, run: dict[str, Any] | None, tz: ZoneInfo) -> dict[str, Any]:
     since = ""
     if run:
-        since = f" (started {escape(str(run.get('started_at') or '?'))} by {_who(run.get('actor'))} " \
+        since = f" (started {_stamp(run.get('started_at'), tz)} by {_who(run.get('actor'))} " \
                 f"via {escape(str(run.get('source') or '?'))})"
     where = f" <{link}|See its progress.>" if link else ""
     text = f"A backup of {target} is already running{since}; not starting another."
     return message(text, [section(f":hourglass: A backup of `{escape(target)}` is already running{since}; "
                                   f"not starting another.{where}")])
+
+
+def _stamp(value: object, tz: ZoneInfo) -> str:
+    """A catalog timestamp (UTC ISO text) in the configured zone; anything else shown as it is."""
+    try:
+        when = parse_iso(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    return local_time(when, tz) if when else escape(str(value or "?"))
 
 
 def _who(actor: object) -> str:
@@ -196,7 +205,7 @@ def status_facts(report: StatusReport, tz: ZoneInfo) -> list[tuple[str, list[tup
                  ("Verified", VERIFY_LABELS.get(t.last_good_verified or "", "—")),
                  ("Database size now", db_now), ("Size trend", _trend(t, report.generated_at))]
         if t.running:
-            pairs.append(("Running now", f"since {escape(str(t.running.get('started_at')))} "
+            pairs.append(("Running now", f"since {_stamp(t.running.get('started_at'), tz)} "
                                          f"by {_who(t.running.get('actor'))}"))
         groups.append((f"Target {t.name}", pairs))
     nxt = parse_iso(report.next_run) if report.next_run else None

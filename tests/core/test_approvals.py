@@ -3,6 +3,7 @@ post-restore command; and the request messages' Block Kit (all without Slack or 
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -188,6 +189,39 @@ def test_post_restore_command_gets_the_url_in_its_environment_without_a_shell():
     assert "postgresql://app:***@db:5432/restored" in result.output_tail
     assert "Sekr1t-pw-77" not in result.output_tail + result.summary()
     assert result.argv[-1] == "$HOME; true"  # an argument, never interpreted by a shell
+
+
+BOT_SECRETS = {
+    "SLACK_BOT_TOKEN": "xoxb-1-bot", "SLACK_APP_TOKEN": "xapp-1-app", "SLACK_SIGNING_SECRET": "signing",
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "aws-secret", "SUPABASE_ACCESS_TOKEN": "sbp_x",
+    "ENCRYPTION_RECIPIENTS": "age1recipient", "AGE_IDENTITY_FILE": "/etc/backupbot/age.key",
+    "HEARTBEAT_URL": "https://hc.example/ping/abc", "GITHUB_TOKEN": "ghp_x", "LC_SECRET_THING": "x",
+    "S3_BUCKET": "backups", "BACKUPBOT_DB": "/var/lib/backupbot/catalog.db",
+}
+
+
+def test_post_restore_command_gets_a_minimal_environment_without_the_bots_secrets(monkeypatch, tmp_path):
+    # GIVEN the bot's environment with its credentials, the source database's URL and locale settings
+    for name, value in BOT_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:source-pw@prod:5432/crm")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    seen = tmp_path / "env.json"
+    # (names, and only the values the test checks: a failure must not print this machine's secrets)
+    code = ("import json,os,sys; e=os.environ; json.dump([sorted(e), [e.get(k) for k in "
+            "('DATABASE_URL','RESTORED_DATABASE_URL','LC_ALL','TZ')]], open(sys.argv[1], 'w'))")
+    # WHEN the post-restore command runs (and writes down the environment it got)
+    result = run_post_restore(f"{sys.executable} -c \"{code}\" {seen}", "postgresql://app:pw@db:5432/restored",
+                              timeout_s=30)
+    # THEN it got the restored database's URL and what a program needs to run, and nothing else
+    assert result.ok, result.summary()
+    names, values = json.loads(seen.read_text())
+    restored = "postgresql://app:pw@db:5432/restored"
+    assert values == [restored, restored, "C.UTF-8", "Europe/Berlin"] and "PATH" in names
+    assert not set(BOT_SECRETS) & set(names)
+    assert set(names) - {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "DATABASE_URL", "RESTORED_DATABASE_URL"} == {
+        n for n in names if n.startswith("LC_")}
 
 
 def test_post_restore_command_is_stopped_at_its_timeout():

@@ -3,6 +3,7 @@ retention and the result message after each backup, and the heartbeat ping."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,10 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 
 from bot.core.catalog import iso, utcnow
 from bot.core.jobs import Runtime, catch_up, missed_backup, ping_heartbeat, scheduled_backup
 from bot.core.schedule_settings import ScheduleSettings
+from bot.core.scheduler import job_listener
+from bot.services import BackupBusy
 from tests.fakes.poster import RecordingPoster
 
 
@@ -109,6 +113,61 @@ def test_a_failing_scheduled_backup_is_reported_by_event_not_raised(make_service
     rt.services.listeners.append(lambda event, _data: events.append(event))
     assert scheduled_backup(rt, "prod") is None
     assert events == ["backup.failed"] and poster.posts == []
+
+
+def _bot_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("bot.") and r.levelno >= level]
+
+
+def test_catch_up_meeting_a_running_backup_takes_none_and_corrects_its_announcement(make_services, caplog):
+    # GIVEN a missed slot, and a cron slot that fired at the same moment as the start-up catch-up
+    # (it holds the target's lock)
+    caplog.set_level(logging.INFO)
+    rt, poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm", BACKUP_SCHEDULE="*/15 * * * *")
+    pretend_last_backup_ran(rt, timedelta(hours=2))
+    events: list[str] = []
+    rt.services.listeners.append(lambda event, _data: events.append(event))
+    # WHEN the catch-up runs
+    with rt.services.target_lock("prod"):
+        took = catch_up(rt)
+    # THEN it takes no backup, and its one message ends saying so instead of "Taking it now"
+    assert took == [] and rt.services.catalog.list(target="prod") == []
+    [announcement] = poster.posts
+    [corrected] = poster.updates
+    assert corrected.ts == announcement.ts
+    assert "did not run" in corrected.text and "Taking it now" not in corrected.text
+    assert "A backup of *prod* is already running; not taking another." in corrected.text
+    # AND the skip is an info line, not a failure: no warning, no event, no alert
+    assert [r.levelname for r in _bot_records(caplog, logging.INFO) if "skipped" in r.getMessage()] == ["INFO"]
+    assert _bot_records(caplog, logging.WARNING) == []
+    assert events == [] and rt.alarms.alerts.open_alerts() == []
+
+
+def test_scheduled_backup_meeting_a_running_backup_logs_info_and_stays_quiet(make_services, caplog):
+    # GIVEN the target's lock held (the catch-up, the CLI or `/backup now` is taking a backup)
+    caplog.set_level(logging.INFO)
+    rt, poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm")
+    events: list[str] = []
+    rt.services.listeners.append(lambda event, _data: events.append(event))
+    # WHEN the cron slot's job runs THEN it skips with an info line: nothing posted, no event, no alert
+    with rt.services.target_lock("prod"):
+        assert scheduled_backup(rt, "prod") is None
+    assert [r.levelname for r in _bot_records(caplog, logging.INFO) if "skipped" in r.getMessage()] == ["INFO"]
+    assert _bot_records(caplog, logging.WARNING) == []
+    assert poster.posts == [] and events == [] and rt.alarms.alerts.open_alerts() == []
+
+
+def test_a_job_ending_in_backup_busy_is_logged_not_alerted_by_the_scheduler(make_services, caplog):
+    # GIVEN the scheduler's job listener
+    caplog.set_level(logging.INFO)
+    rt, poster = runtime(make_services, "postgresql://app:pw@127.0.0.1:1/crm")
+    on_event = job_listener(rt)
+    # WHEN a job ends in BackupBusy (another backup of its target holds the lock)
+    on_event(JobExecutionEvent(EVENT_JOB_ERROR, "backup:prod", "default", utcnow(),
+                               exception=BackupBusy("prod", None), traceback="BackupBusy"))
+    # THEN no schedule alert is raised; an info line says it was skipped
+    assert rt.alarms.open_alert("schedule", "backup:prod") is None and poster.posts == []
+    assert [r.levelname for r in _bot_records(caplog, logging.INFO) if "skipped" in r.getMessage()] == ["INFO"]
 
 
 def test_heartbeat_failure_is_logged_never_raised(caplog):

@@ -58,9 +58,11 @@ def make_report(*, alerts: int = 1, targets: int = 1, sections: int = 1, db_erro
 
 CASES: list[tuple[str, Any]] = [
     ("started", lambda: r.started_message("prod")),
-    ("busy with link", lambda: r.busy_message("prod", link="https://x.slack.com/archives/C1/p1",
+    ("busy with link", lambda: r.busy_message("prod", link="https://x.slack.com/archives/C1/p1", tz=TZ,
                                               run={"started_at": "2024-05-02T04:00:00Z", "actor": "U0ALICE", "source": "slack"})),
-    ("busy from the CLI", lambda: r.busy_message("prod", link=None, run={"started_at": "now", "actor": "root", "source": "cli"})),
+    ("busy from the CLI", lambda: r.busy_message("prod", link=None, tz=TZ,
+                                                 run={"started_at": "now", "actor": "root", "source": "cli"})),
+    ("busy, holder unknown", lambda: r.busy_message("prod", link=None, run=None, tz=TZ)),
     ("progress start", lambda: r.progress_message("prod", actor="U0ALICE", written=0, elapsed_s=0)),
     ("progress", lambda: r.progress_message("prod", actor="U0ALICE", written=12_345_678, elapsed_s=95)),
     ("result", lambda: r.result_message(make_backup(), failed_copies={}, tz=TZ, actor="U0ALICE")),
@@ -110,6 +112,23 @@ def test_list_shows_times_in_the_configured_zone_and_caps_at_the_block_limit() -
     msg = r.list_message([make_backup(i) for i in range(200)], tz=TZ, target="prod")
     assert "CEST" in to_text(msg["blocks"])
     assert len(msg["blocks"]) == r.LIST_MAX + 2
+
+
+def test_busy_message_shows_when_the_running_backup_started_in_the_configured_zone() -> None:
+    # GIVEN a run the catalog recorded at 04:00 UTC WHEN the busy answer is rendered for Berlin
+    msg = r.busy_message("prod", link=None, tz=TZ,
+                         run={"started_at": "2024-05-02T04:00:00.123Z", "actor": "U0ALICE", "source": "cli"})
+    # THEN both the text and the blocks give the local time with its zone, not the raw UTC stamp
+    for shown in (msg["text"], to_text(msg["blocks"])):
+        assert "started 2024-05-02 06:00 CEST by" in shown and "T04:00" not in shown
+
+
+def test_status_running_now_line_is_in_the_configured_zone() -> None:
+    report = make_report()
+    report.targets[0].running = {"started_at": "2024-05-02T04:00:00.000Z", "actor": "U0ALICE", "source": "slack"}
+    shown = to_text(r.status_message(report, TZ)["blocks"])
+    assert "*Running now*: since 2024-05-02 06:00 CEST by <@U0ALICE>" in shown and "T04:00" not in shown
+    assert "Running now: since 2024-05-02 06:00 CEST" in r.status_text(report, TZ)
 
 
 def test_empty_list_says_how_to_make_the_first_backup() -> None:

@@ -47,11 +47,28 @@ def test_now_while_another_process_holds_the_target_says_so_instead_of_failing(s
     # GIVEN the target's lock is held elsewhere (as a CLI backup in another process would)
     h = slack_app()
     with h.services.target_lock("prod"):
-        # WHEN /backup now runs THEN its message ends saying a backup is already running
-        h.command("now")
-        busy = wait_for_message(h.fake, CHANNEL, "already running")
-    assert "not starting another" in busy["text"] and _backups(h) == []
+        # WHEN /backup now runs THEN the requester is told privately that a backup is already running
+        busy = h.command("now").responses()[0]
+    assert busy["response_type"] == "ephemeral"
+    assert "already running" in busy["text"] and "not starting another" in busy["text"]
+    # AND nothing was posted, taken or recorded as failed
+    assert h.fake.calls("chat.postMessage") == [] and _backups(h) == []
     assert h.services.catalog.audit_events(action="backup.failed") == []
+
+
+def test_now_starts_a_backup_despite_a_running_row_left_by_a_killed_cli_backup(slack_app):
+    # GIVEN a 'running' backup run that a CLI backup killed by Ctrl-C left behind (nobody holds the lock)
+    h = slack_app()
+    stale = h.services.catalog.start_run("backup", "prod", "someone", "cli")
+    # WHEN an operator runs /backup now
+    reply = h.command("now")
+    # THEN a backup starts and completes
+    assert "Started a backup of prod" in reply.responses()[0]["text"]
+    wait_for_message(h.fake, CHANNEL, "complete")
+    assert len(_backups(h)) == 1
+    # AND the abandoned run is settled as failed, not left running
+    assert next(r for r in h.services.catalog.runs(kind="backup") if r["id"] == stale)["status"] == "failed"
+    assert h.services.running("prod") is None
 
 
 def test_second_now_while_one_runs_links_the_running_one_and_starts_nothing(slack_app, tmp_path):
@@ -121,7 +138,9 @@ def test_non_operator_is_refused_and_group_members_are_operators(slack_app, fake
     h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
     # WHEN someone else runs /backup now THEN it is refused, audited, and nothing starts
     refused = h.command("now", user="U0EVE")
-    assert refused.status == 200 and "Only backup operators" in refused.body  # a plain-text ack is private
+    told = refused.responses()[0]
+    assert refused.status == 200 and "Only backup operators" in told["text"]
+    assert told["response_type"] == "ephemeral"
     assert until(lambda: h.services.catalog.audit_events(action="slack.refused"))[0]["actor"] == "U0EVE"
     # AND the same person may still list
     assert "No backups of any target yet" in h.command("list", user="U0EVE").responses()[0]["text"]
@@ -131,6 +150,40 @@ def test_non_operator_is_refused_and_group_members_are_operators(slack_app, fake
     wait_for_message(h.fake, CHANNEL, "complete")
     assert h.fake.calls("usergroups.users.list")[0].params["usergroup"] == "S0DBAS"
     assert h.services.catalog.audit_events(action="backup.start")[0]["actor"] == "U0BOB"
+
+
+def test_ack_does_not_wait_for_a_rate_limited_operator_group_lookup(slack_app, fake_slack):
+    # GIVEN operators through a user group, and Slack rate-limiting the group lookup (Retry-After: 2)
+    fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    fake_slack.fail_next("usergroups.users.list", status=429, retry_after=2)
+    # WHEN someone outside the group runs /backup now
+    t0 = time.perf_counter()
+    refused = h.command("now", user="U0EVE")
+    ack_s = time.perf_counter() - t0
+    # THEN the ack comes back at once, and the refusal follows privately once the lookup succeeded
+    assert refused.status == 200 and ack_s < 1.5, ack_s
+    told = refused.responses()[0]
+    assert "Only backup operators" in told["text"] and told["response_type"] == "ephemeral"
+    assert until(lambda: h.services.catalog.audit_events(action="slack.refused"))[0]["actor"] == "U0EVE"
+    assert len(fake_slack.calls("usergroups.users.list")) == 2  # the 429, then the retry
+    assert _backups(h) == []
+
+
+def test_group_operator_is_acked_at_once_and_served_despite_a_rate_limited_lookup(slack_app, fake_slack):
+    # GIVEN a member of the operators' group, and Slack rate-limiting the group lookup (Retry-After: 2)
+    fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    fake_slack.fail_next("usergroups.users.list", status=429, retry_after=2)
+    # WHEN the member runs /backup now
+    t0 = time.perf_counter()
+    reply = h.command("now", user="U0BOB")
+    ack_s = time.perf_counter() - t0
+    # THEN the ack comes back at once and the backup still starts and completes
+    assert reply.status == 200 and ack_s < 1.5, ack_s
+    assert "Started a backup of prod" in reply.responses()[0]["text"]
+    wait_for_message(h.fake, CHANNEL, "complete")
+    assert len(_backups(h)) == 1 and h.services.catalog.audit_events(action="slack.refused") == []
 
 
 def test_unknown_target_lists_the_known_ones_and_extra_words_get_usage(slack_app):

@@ -175,7 +175,8 @@ def test_backup_checklist_posts_todays_checklist_when_there_is_none(slack_app):
 def test_backup_drill_is_for_operators_and_posts_the_result(slack_app):
     h, _rt = harness(slack_app, Clock(datetime.now(UTC)), BACKUP_OPERATORS="U0OPS")
     refused = h.command("drill", user="U0ALICE")
-    assert "Only backup operators" in refused.body
+    told = refused.responses()[0]  # after the ack: the permission check may call Slack
+    assert "Only backup operators" in told["text"] and told["response_type"] == "ephemeral"
     h.services.backup(actor="t", source="cli")
     reply = h.command("drill prod", user="U0OPS")
     assert "Restore drill of *prod* started" in json.dumps(reply.responses()[0])

@@ -177,6 +177,52 @@ def test_in_place_restore_after_typed_confirmation_brings_rows_back_with_a_safet
                for e in h.services.catalog.audit_events(50) if e["action"] == "restore_request.refused")
 
 
+def _confirm_timed(h: SlackHarness, user: str, typed: str) -> float:
+    t0 = time.perf_counter()
+    answer = confirm_in_place(h, user, typed)
+    assert answer == {}, "a correct name closes the dialog"
+    return time.perf_counter() - t0
+
+
+def test_in_place_confirmation_acks_at_once_while_the_approver_group_lookup_is_rate_limited(harness, crm_db):
+    # GIVEN an in-place request, and CAROL (a member of the approvers' group) who opened the dialog
+    first = harness()
+    first.fake.set_usergroup("S0DBAS", [CAROL])
+    backup = first.services.backup(actor="t", source="cli").backup
+    req, req_ts, controls = request(first, f"{backup.id} --in-place")
+    first.click(CHANNEL, controls, render.APPROVE, user=CAROL)
+    # AND an instance whose group cache is cold, with Slack rate-limiting the lookup (Retry-After: 2)
+    h = harness()
+    h.fake.fail_next("usergroups.users.list", status=429, retry_after=2)
+    # WHEN she submits the right name THEN the dialog closes at once, and the restore still runs
+    assert _confirm_timed(h, CAROL, "prod") < 1.5
+    done = finished(h, req)
+    assert done.status == "succeeded" and done.decided_by == CAROL
+
+
+def test_in_place_confirmation_by_someone_no_longer_an_approver_is_refused_after_a_prompt_ack(harness, crm_db):
+    # GIVEN CAROL opened the in-place confirmation as a member of the approvers' group
+    first = harness()
+    first.fake.set_usergroup("S0DBAS", [CAROL])
+    backup = first.services.backup(actor="t", source="cli").backup
+    req, req_ts, controls = request(first, f"{backup.id} --in-place")
+    first.click(CHANNEL, controls, render.APPROVE, user=CAROL)
+    # AND she left the group; a cold group cache, with Slack rate-limiting the lookup (Retry-After: 2)
+    h = harness()
+    h.fake.set_usergroup("S0DBAS", [])
+    h.fake.fail_next("usergroups.users.list", status=429, retry_after=2)
+    # WHEN she submits the right name THEN the ack is prompt
+    assert _confirm_timed(h, CAROL, "prod") < 1.5
+    # AND she is told privately in the request's thread, the refusal is audited, and nothing runs
+    refusal = h.fake.wait_for(lambda c: c.method == "chat.postEphemeral" and c.params.get("user") == CAROL,
+                              timeout=30)[-1].params
+    assert "Only restore approvers" in refusal["text"] and refusal["thread_ts"] == req_ts
+    event = wait_until("the refusal's audit event", lambda: next(
+        (e for e in h.services.catalog.audit_events(50) if e["action"] == "restore_request.refused"), None))
+    assert event["actor"] == CAROL and "not_approver" in event["details"]
+    assert _store(h).get(req.id).status == "pending" and _restore_runs(h) == []
+
+
 def test_in_place_restore_failing_half_way_leaves_target_exactly_as_before(harness, crm_db):
     h = harness()
     alerts: list[tuple[str, dict[str, Any]]] = []
