@@ -14,6 +14,7 @@ import zstandard
 from bot.core.storage.base import CopyWriter
 from bot.errors import BackupbotError, IntegrityError, StorageError
 
+ZSTD_JOB_SIZE = 4 << 20
 CHUNK = 1 << 20  # 1 MiB: large enough that per-chunk Python overhead is negligible
 Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
 
@@ -82,10 +83,16 @@ def compression_params(level: int, threads: int) -> zstandard.ZstdCompressionPar
     CPU cost of plain level 4 (bench/, README). The content checksum lets zstd itself catch a
     corrupted frame on restore.
     """
-    params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=1)
+    extra: dict[str, int] = {}
+    if threads:
+        # Each worker holds a job of input and its output. zstd's default (4 windows, 8 MiB here)
+        # put the process at ~108 MB peak RSS; 4 MiB jobs keep it near 83 MB, independent of the
+        # database's size, for 0.1% of ratio and no loss of speed (measured on bench/'s 1 GB db).
+        extra["job_size"] = ZSTD_JOB_SIZE
+    params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=1, **extra)
     if level >= 3:
         params = zstandard.ZstdCompressionParameters.from_level(
-            level, threads=threads, write_checksum=1, min_match=6, hash_log=max(19, params.hash_log))
+            level, threads=threads, write_checksum=1, min_match=6, hash_log=max(19, params.hash_log), **extra)
     return params
 
 

@@ -1,5 +1,5 @@
 """Database profiles: a plain PostgreSQL database, or a Supabase project whose platform-managed
-schemas a backup taken as the `postgres` role must leave out (see docs/supabase.md)."""
+schemas a backup taken as the `postgres` role must leave out (README, "Supabase")."""
 
 from __future__ import annotations
 
