@@ -81,7 +81,11 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
 
             handler = SocketModeHandler(app, settings.slack.app_token)
             handler.connect()
-            print("backupbot: connected in Socket Mode", flush=True)
+            if handler.client.is_connected():
+                print("backupbot: connected in Socket Mode", flush=True)
+            else:
+                # slack_sdk has logged why, and its monitor keeps reconnecting in the background.
+                print("backupbot: Socket Mode connection failed; retrying in the background", flush=True)
             stopped.wait()
             handler.close()
     finally:

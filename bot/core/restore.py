@@ -26,6 +26,7 @@ from bot.core.inspect import inspect_database
 from bot.core.pgtools import (
     Command,
     ConnInfo,
+    RunningTool,
     check_not_transaction_pooler,
     check_tool_not_older,
     server_version,
@@ -420,21 +421,11 @@ def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
     reader = HashingReader(ctx.storage.open_reader(ctx.backup.object_key), ctx.backup.sha256,
                            f"the {ctx.storage.name} copy of {ctx.backup.id}")
     proc = Command("pg_restore", ctx.bindir).popen(args, None, stdin=subprocess.PIPE)
-    sink = ProcessSink(proc.proc.stdin)  # type: ignore[arg-type]
     out: list[bytes] = []
     # Read the SQL while the archive goes in, or both pipes fill up and block each other.
     collector = threading.Thread(target=lambda: out.append(proc.proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
     collector.start()
-    try:
-        decode(reader, sink, encrypted=bool(ctx.backup.encryption_key_id), identity_file=ctx.identity_file)  # type: ignore[arg-type]
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        close = getattr(reader.raw, "close", None)
-        if close:
-            close()
-    sink.close()
+    _feed(reader, proc, encrypted=bool(ctx.backup.encryption_key_id), identity_file=ctx.identity_file)
     proc.check()
     collector.join(30)
     return b"".join(out).decode("utf-8", "replace")
@@ -445,12 +436,18 @@ def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args:
     reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
                            f"the {storage.name} copy of {backup.id}")
     proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    _feed(reader, proc, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)
+    proc.check_restore()
+
+
+def _feed(reader: HashingReader, proc: RunningTool, *, encrypted: bool, identity_file: Path | None) -> None:
+    """Decode a stored copy into a pg_restore's stdin. On any failure the process is killed
+    before it saw the copy's final chunk, so it has committed nothing: its single transaction
+    rolls back and the destination stays as it was."""
     sink = ProcessSink(proc.proc.stdin)  # type: ignore[arg-type]
     try:
-        decode(reader, sink, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)  # type: ignore[arg-type]
+        decode(reader, sink, encrypted=encrypted, identity_file=identity_file)  # type: ignore[arg-type]
     except BaseException:
-        # The final chunk was never handed over, so pg_restore has not committed: killing it
-        # rolls the single transaction back and leaves the destination as it was.
         proc.kill()
         raise
     finally:
@@ -458,7 +455,6 @@ def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args:
         if close:
             close()
     sink.close()
-    proc.check_restore()
 
 
 def _admin_conn(info: ConnInfo) -> psycopg.Connection[Any]:

@@ -521,6 +521,7 @@ class FakeSlackAPI:
         self._history: dict[tuple[str, str], list[JsonDict]] = {}
         self._ephemerals: list[JsonDict] = []
         self._views: list[JsonDict] = []
+        self._socket_mode_url: str | None = None
         # Integer microseconds so every ts is unique and increasing, formatted like Slack's.
         self._clock_us = 1_700_000_000_000_000
         self._block_id_seq = 0
@@ -624,6 +625,12 @@ class FakeSlackAPI:
             self._history.clear()
             self._ephemerals.clear()
             self._views.clear()
+
+    def enable_socket_mode(self, app_token: str, url: str) -> None:
+        """Accept `app_token` (xapp-) for apps.connections.open, which then hands out `url`."""
+        with self._lock:
+            self._tokens.add(app_token)
+            self._socket_mode_url = url
 
     # -- inspection -----------------------------------------------------------
 
@@ -777,6 +784,9 @@ class FakeSlackAPI:
         token = auth[7:] if auth.startswith("Bearer ") else params.get("token")
         if not token or token not in self._tokens:
             return 200, {}, _err("invalid_auth")
+        # App-level tokens (xapp-) open Socket Mode connections and nothing else, as on Slack.
+        if (method == "apps.connections.open") != token.startswith("xapp-"):
+            return 200, {}, _err("not_allowed_token_type")
         if encoding == "invalid":
             return 200, {}, _err("invalid_json")
         extra: dict[str, str] = {}
@@ -1103,3 +1113,10 @@ class FakeSlackAPI:
         }
         self._views.append(opened)
         return {"ok": True, "view": copy.deepcopy(opened)}
+
+    def _api_apps_connections_open(self, params: JsonDict) -> JsonDict:
+        url = self._socket_mode_url
+        if url is None:
+            # Socket Mode is off in the app's settings.
+            return _err("not_allowed_token_type")
+        return {"ok": True, "url": url}
