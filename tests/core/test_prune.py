@@ -54,3 +54,18 @@ def test_cli_prune_dry_run_prints_what_would_go(crm_db, tmp_path):
     assert out.returncode == 0 and f"would delete {first}" in out.stdout
     listed = json.loads(subprocess.run([*run, "list", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path).stdout)
     assert len(listed) == 2
+
+
+def test_backup_being_restored_is_not_pruned(crm_db, make_services):
+    # GIVEN two backups, a policy that would delete the older, and a restore reading the older
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_WEEKLY="0", RETENTION_MONTHLY="0",
+                             RETENTION_MIN_VERIFIED="0")
+    older, newer = (services.backup(actor="t", source="cli").backup.id for _ in range(2))
+    run_id = services.catalog.start_run("restore", "prod", "t", "cli", {"backup_id": older})
+    # WHEN pruning THEN the older one is kept, and says why
+    result = services.prune(dry_run=False, actor="t", source="cli")[0]
+    assert result.deleted == [] and result.decision.keep[older] == ["in use by a restore"]
+    # WHEN the restore has finished THEN it can go
+    services.catalog.finish_run(run_id, "ok")
+    assert services.prune(dry_run=False, actor="t", source="cli")[0].deleted == [older]
+    assert [b.id for b in services.list_backups()] == [newer]
