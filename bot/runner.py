@@ -56,6 +56,11 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
     use_http = http or not settings.slack.app_token
     validate_slack_settings(settings, http=use_http)
     services = build_services(settings)
+    # Restores, drills and checks the bot itself started cannot still be running now that it
+    # starts again; ones the CLI started (source "cli") may be, so they are left alone.
+    for source in ("slack", "schedule"):
+        for kind in ("restore", "drill", "verify", "integrity", "prune"):
+            services.catalog.mark_abandoned_runs(kind=kind, source=source)
     app, ctx = create_app(settings, services)
     stops = start_hooks(ctx)
     stopped = threading.Event()

@@ -272,10 +272,11 @@ class Catalog:
             raise NotFound(f"no run {run_id}")
         return rows[0]
 
-    def mark_abandoned_runs(self, *, kind: str | None = None, target: str | None = None) -> int:
+    def mark_abandoned_runs(self, *, kind: str | None = None, target: str | None = None,
+                            source: str | None = None) -> int:
         """Runs left 'running' by a crash are failures: say so instead of leaving them open.
         Callers must know nobody runs them now (services holds the target's lock)."""
-        where, params = self._where(kind=kind, target=target)
+        where, params = self._where(kind=kind, target=target, source=source)
         where = (where + " AND " if where else "WHERE ") + "status = 'running'"
         with self.tx() as db:
             cur = db.execute(

@@ -104,19 +104,27 @@ def _drill(services: Services, name: str, *, actor: str, source: str) -> DrillRe
         services.catalog.finish_run(run_id, "failed", error=result.error)
         return result
     req = RestoreRequest(backup.id, mode="into", into=scratch_name(name, services.clock()), target=name)
-    dest_url, _t = services.restore_destination(req, backup)
-    result = DrillResult(name, False, backup=backup, scratch=ConnInfo.parse(dest_url).describe(), run_id=run_id)
+    result = DrillResult(name, False, backup=backup, run_id=run_id)
+    restored: str | None = None
     try:
+        dest_url, _t = services.restore_destination(req, backup)
+        result.scratch = ConnInfo.parse(dest_url).describe()
         outcome, _safety = services.restore(req, actor=actor, source=source, safety_backup=False)
+        restored = dest_url
         result.ok = outcome.report.ok
         result.rto_s = outcome.duration_s
         result.report_lines = outcome.report.lines()
         if not result.ok:
             result.error = f"the restored database differs from the backup's manifest ({len(outcome.report.failures)} check(s))"
     except BackupbotError as exc:
+        # Nothing of ours is left: restore() removes a database it created when it fails, and a
+        # name that already existed (another drill's) is never ours to drop.
         result.error = exc.message
+    except BaseException:
+        services.catalog.finish_run(run_id, "failed", backup_id=backup.id, error="interrupted")
+        raise
     finally:
-        result.dropped = _drop(dest_url)
+        result.dropped = _drop(restored) if restored else True
     if not result.dropped:
         result.ok = False
         result.error = (result.error + "; " if result.error else "") + f"the scratch database {result.scratch} could not be dropped"

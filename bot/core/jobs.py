@@ -231,6 +231,11 @@ def drill_job(rt: Runtime, target: str | None = None, *, actor: str = ACTOR, sou
                 raise  # someone asked: tell them
             log.info("scheduled drill of %s skipped: %s", name, exc.message)  # one is already running
             continue
+        except BackupbotError as exc:  # one target's trouble must not stop the others' drills
+            if actor != ACTOR:
+                raise
+            log.warning("scheduled drill of %s failed: %s", name, exc.message)
+            continue
         post_drill_result(rt, result, actor=actor)
         results.append(result)
     return results

@@ -164,6 +164,9 @@ def _role_name(token: str) -> str:
     return token[1:-1].replace('""', '"') if token.startswith('"') else token
 
 
+_OTHER_ROLE = re.compile(r'\bON ROLE ("(?:[^"]|"")+"|[^\s;]+)')
+
+
 def apply_roles(roles_sql: str, conn: psycopg.Connection[Any], reserved: frozenset[str] = frozenset()) -> RolesApplied:
     """Create the roles of a roles dump that do not exist yet, as the connected role (which need
     not be a superuser); never alter existing or reserved roles or their memberships."""
@@ -180,11 +183,26 @@ def apply_roles(roles_sql: str, conn: psycopg.Connection[Any], reserved: frozens
         g = _GRANT_ROLE.match(stmt)
         if g:
             granted, member, grantor = _role_name(g.group(1)), _role_name(g.group(2)), g.group(4)
-            if {granted, member} & set(reserved):
+            if granted in reserved:
+                continue
+            if member in reserved:
+                # Granting an application role to a platform role changes the platform role:
+                # not ours to do, but the source had it, so say exactly what to run.
+                out.notes.append(f"the backup grants role {granted} to the platform role {member}; "
+                                 f"run it by hand if you want the same access: GRANT {g.group(1)} TO {g.group(2)};")
                 continue
             if grantor is not None and not superuser and _role_name(grantor) != me:
                 # "must be superuser to set grantor": the membership itself is what matters.
                 stmt = f"GRANT {g.group(1)} TO {g.group(2)}{g.group(3)};"
+        elif not (stmt.startswith("CREATE ROLE ") or stmt.startswith("ALTER ROLE ")):
+            # Only the forms above are applied: anything else (COMMENT ON ROLE, SECURITY LABEL…)
+            # could touch a reserved or existing role, so it is reported instead of run.
+            named = _OTHER_ROLE.search(stmt)
+            target = _role_name(named.group(1)) if named else None
+            if target is None or target in skip or target.startswith("pg_"):
+                continue
+            out.notes.append(f"not applied from the roles dump (run it by hand if wanted): {stmt[:300]}")
+            continue
         else:
             m = _CREATE_ROLE.match(stmt)
             a = _ALTER_ROLE.match(stmt)

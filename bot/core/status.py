@@ -183,9 +183,9 @@ def _storage(source: StatusSource) -> dict[str, dict[str, int | None]]:
 def _target_status(source: StatusSource, name: str, now: datetime, max_age: timedelta,
                    check_database: bool) -> TargetStatus:
     status = TargetStatus(name=name, running=source.running(name))
-    backups = source.catalog.list(target=name, limit=TREND_SAMPLES)
-    if backups:
-        last = backups[0]
+    backups = source.catalog.list(target=name, limit=TREND_SAMPLES)  # the size trend
+    last = source.catalog.latest_good(name)  # what the dead-man's switch calls good, too
+    if last is not None:
         status.last_good_id, status.last_good_at = last.id, last.created_at
         status.age_s = (now - last.created_at).total_seconds()
         status.stale = status.age_s > max_age.total_seconds()
