@@ -168,8 +168,9 @@ class Services:
         if req.mode == "to":
             if not req.to_url:
                 raise RestoreError("--to needs a database URL")
-            if req.to_url in self.settings.targets:  # a named target from configuration
-                return self.settings.targets[req.to_url].database_url, None
+            if req.to_url in self.settings.targets:  # a named target: guarded like --in-place
+                named = self.settings.targets[req.to_url]
+                return named.database_url, named
             return req.to_url, None
         target = self.settings.target(req.target or backup.target)
         info = ConnInfo.parse(target.database_url)
@@ -192,7 +193,8 @@ class Services:
         safety: Backup | None = None
         # An in-place restore holds the target's lock throughout: no scheduled backup, and no
         # second restore, can run against the database while it is being replaced.
-        guard = self.target_lock(target.name) if req.mode == "in-place" and target is not None else nullcontext()
+        overwrites = req.mode == "in-place" or (req.mode == "to" and target is not None)
+        guard = self.target_lock(target.name) if overwrites and target is not None else nullcontext()
         try:
             with guard:
                 outcome, safety = self._restore_locked(req, backup, dest_url, target, actor=actor, source=source,
@@ -215,7 +217,7 @@ class Services:
                         on_safety_backup: Callable[[Backup], None] | None) -> tuple[RestoreOutcome, Backup | None]:
         safety: Backup | None = None
         try:
-            if req.mode == "in-place" and safety_backup and target is not None:
+            if req.mode in ("in-place", "to") and safety_backup and target is not None:
                 (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
                 safety = self._backup_locked(target, actor=actor, source=source, kind="pre-restore",
                                              tags=("pre-restore",)).backup
@@ -301,4 +303,23 @@ def build_services(settings: Settings) -> Services:
 
     if Path(settings.backup_dir).exists():
         remove_stale_partials(Path(settings.backup_dir))
+    remove_stale_temp_files()
     return services
+
+
+def remove_stale_temp_files(max_age_s: float = 6 * 3600) -> list[Path]:
+    """A restore killed mid-way can leave its uncompressed archive (cleartext data) or its
+    list file in $TMPDIR; remove ours once they are clearly not in use any more."""
+    import tempfile
+    import time
+
+    removed = []
+    cutoff = time.time() - max_age_s
+    for path in Path(tempfile.gettempdir()).glob("backupbot-*"):
+        try:
+            if path.is_file() and path.suffix in (".dump", ".list") and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed

@@ -68,3 +68,23 @@ def test_unknown_statement_forms_are_reported_not_run(pg, stmt):
     with psycopg.connect(pg.url(), autocommit=True) as conn:
         applied = apply_roles(stmt, conn, frozenset())
     assert applied.problems == [] and any("not applied" in n for n in applied.notes)
+
+
+def test_stale_temporary_archives_are_removed_at_start(tmp_path, monkeypatch):
+    import os
+    import tempfile
+    import time
+
+    from bot.services import remove_stale_temp_files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = tmp_path / "backupbot-abc.dump"
+    fresh = tmp_path / "backupbot-def.dump"
+    other = tmp_path / "someone-else.dump"
+    for p in (old, fresh, other):
+        p.write_bytes(b"PGDMP")
+    past = time.time() - 7 * 3600
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert remove_stale_temp_files() == [old]
+    assert fresh.exists() and other.exists() and not old.exists()

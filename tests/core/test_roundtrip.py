@@ -161,3 +161,20 @@ def test_cli_backup_prints_id_last_and_list_json_has_the_contract_fields(crm_db,
     assert restored.returncode == 0, restored.stderr
     assert "✓ rows crm.deals" in restored.stdout
     assert Path(tmp_path / "b").exists()
+
+
+def test_restore_to_a_configured_target_name_takes_a_safety_backup_first(crm_db, make_services, pg, tmp_path):
+    # GIVEN two named targets, and a backup of one
+    staging = pg.create_database("staging_db")
+    cfg = tmp_path / "targets.toml"
+    cfg.write_text(f'default_target = "prod"\n[targets.prod]\ndatabase_url = "{crm_db}"\n'
+                   f'[targets.staging]\ndatabase_url = "{staging}"\n')
+    services = make_services(crm_db, BACKUPBOT_CONFIG=str(cfg))
+    backup = services.backup("prod", actor="t", source="cli").backup
+    # WHEN it is restored --to the other target by name
+    restored, safety = services.restore(RestoreRequest(backup.id, mode="to", to_url="staging", with_roles=True),
+                                        actor="t", source="cli")
+    # THEN the overwritten target got a safety backup first, and now holds the data
+    assert safety is not None and safety.target == "staging" and "pre-restore" in safety.tags
+    assert restored.report.ok
+    assert table_checksums(staging) == table_checksums(crm_db)
