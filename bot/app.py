@@ -107,6 +107,15 @@ class AppContext:
                                 target=details.pop("target", None), backup_id=details.pop("backup_id", None),
                                 details=details)
 
+    def shared(self, name: str, factory: Any) -> Any:
+        """The app's one instance of a helper (runner, alert poster…), made on first use at
+        registration, before any request can arrive."""
+        obj = getattr(self, name, None)
+        if obj is None:
+            obj = factory(self)
+            setattr(self, name, obj)
+        return obj
+
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run slow work off the ack path; failures are logged with an id, never swallowed."""
 

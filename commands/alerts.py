@@ -182,11 +182,7 @@ def _failure_hint(event: str, data: dict[str, Any]) -> str:
 
 def poster_for(ctx: Any) -> AlertPoster:
     """The app's AlertPoster (other features call post_alert / post_recovery on it)."""
-    poster = getattr(ctx, "alert_poster", None)
-    if poster is None:
-        poster = AlertPoster(ctx)
-        ctx.alert_poster = poster
-    return poster
+    return ctx.shared("alert_poster", AlertPoster)  # type: ignore[no-any-return]
 
 
 def register(app: Any, ctx: Any) -> None:

@@ -178,11 +178,7 @@ def _safe(reply: Reply, payload: dict[str, Any]) -> None:
 def runner_for(ctx: Any) -> BackupRunner:
     """The app's one runner, shared by /backup now and the Retry button (made at registration,
     before any request can arrive, so no lock is needed)."""
-    runner = getattr(ctx, "backup_runner", None)
-    if runner is None:
-        runner = BackupRunner(ctx)
-        ctx.backup_runner = runner
-    return runner
+    return ctx.shared("backup_runner", BackupRunner)  # type: ignore[no-any-return]
 
 
 def register(app: Any, ctx: Any) -> None:
