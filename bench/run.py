@@ -10,6 +10,9 @@ interleaved round by round so that cache warmth and background noise hit every c
 * backupbot ``python -m bot backup``
 * restores ``gunzip -c file.sql.gz | psql -q <newdb>`` vs ``python -m bot restore <id> --into``
 
+Before each measured run the server checkpoints and the kernel writes out dirty pages, so no
+contender pays for the previous one's writeback; the two restores take turns going first.
+
 For each it reports the median wall time, the ratio to the raw limit and to the seed, output
 bytes and peak memory, and writes bench/out/results.json. Peak memory is measured two ways: the
 sum of resident memory over the whole process tree, sampled from /proc every 50 ms (catches a
@@ -50,6 +53,7 @@ from bot.core.redact import redact  # noqa: E402
 
 GNU_TIME = Path("/usr/bin/time")
 SAMPLE_EVERY_S = 0.05
+DIRTY_QUIET_KB = 32 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 DB_NAME = "crm"
 
@@ -89,6 +93,19 @@ def _proc_table() -> dict[int, int]:
         fields = stat[stat.rfind(b")") + 2 :].split()
         parents[int(entry.name)] = int(fields[1])
     return parents
+
+
+def _dirty_kb() -> int:
+    """Dirty and under-writeback page cache, from /proc/meminfo (0 where there is none)."""
+    total = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("Dirty:", "Writeback:")):
+                    total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def _rss(pid: int) -> int:
@@ -260,6 +277,17 @@ class Bench:
             .as_string()
         )
 
+    def settle(self, deadline_s: float = 60) -> None:
+        """Start every contender from the same quiet state: the previous contender's dirty pages
+        written out and a checkpoint done, so that nobody pays for somebody else's writeback (a
+        dropped 1 GB restore otherwise costs the next contender a forced checkpoint and seconds
+        of I/O)."""
+        self.cluster.execute("CHECKPOINT")
+        os.sync()
+        deadline = time.monotonic() + deadline_s
+        while _dirty_kb() > DIRTY_QUIET_KB and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     # -- the contenders; each records into its Result and never raises on a contender's failure
 
     def raw(self, res: Result, r: int) -> None:
@@ -267,6 +295,7 @@ class Bench:
         # --no-sync: pg_dump fsyncs its output file, and fsync on /dev/null fails (EINVAL).
         dump = [str(self.bindir / "pg_dump"), "-Fc", "-Z0", "--no-sync", "-f", "/dev/null"]
         argv = [*dump, "--dbname", self.conninfo(DB_NAME)]
+        self.settle()
         run = measure(argv, self.pg_env(), scratch, scratch)
         if run.returncode:
             return res.fail(r, f"exit {run.returncode}: {run.stderr_tail}")
@@ -284,6 +313,7 @@ class Bench:
             self.conninfo(DB_NAME),
             str(out),
         ]
+        self.settle()
         run = measure(argv, self.pg_env(), scratch, scratch)
         if run.returncode:
             res.fail(r, f"exit {run.returncode}: {run.stderr_tail}")
@@ -295,6 +325,7 @@ class Bench:
         home = self.scratch(f"bot-{r}")
         env = self.bot_env(home)
         # cwd is the scratch dir so that a developer's .env in the repository is not picked up.
+        self.settle()
         run = measure([sys.executable, "-m", "bot", "backup"], env, home, home)
         lines = [ln.strip() for ln in run.stdout.splitlines() if ln.strip()]
         if run.returncode or not lines:
@@ -319,6 +350,7 @@ class Bench:
             str(self.bindir / "psql"),
             self.conninfo(target),
         ]
+        self.settle()
         run = measure(argv, self.pg_env(), scratch, scratch)
         # psql without ON_ERROR_STOP exits 0 after failed statements: count them as failures.
         errors = [ln for ln in run.stderr_tail.splitlines() if "ERROR" in ln]
@@ -338,6 +370,7 @@ class Bench:
             self.cluster.create_database(target)
         home = Path(env["BACKUP_DIR"]).parent
         scratch = self.scratch(f"bot-restore-{r}")
+        self.settle()
         run = measure(
             [sys.executable, "-m", "bot", "restore", backup_id, "--into", target],
             env,
@@ -524,8 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if dump is not None:
                 plain_bytes = plain_size(dump, db_bytes)
             bench.bot_backup(results["backupbot"], r)
-            bench.seed_restore(results["seed-restore"], r, dump)
-            bench.bot_restore(results["bot-restore"], r, args.into_existing)
+            # Restores take turns going first: whatever one leaves behind (autovacuum, cache
+            # state) falls on each contender alike.
+            order = ["seed-restore", "bot-restore"] if r % 2 else ["bot-restore", "seed-restore"]
+            for name in order:
+                if name == "seed-restore":
+                    bench.seed_restore(results[name], r, dump)
+                else:
+                    bench.bot_restore(results[name], r, args.into_existing)
 
         report(args, results, baselines, db_bytes, plain_bytes, bench.bindir, started)
     finally:

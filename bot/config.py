@@ -95,6 +95,8 @@ class Settings:
     pg_bindir: Path | None = None
     post_restore_command: str | None = None
     restore_work_mem: str = "512MB"  # maintenance_work_mem of the restore session (index builds)
+    restore_jobs: int = 2  # pg_restore --jobs for restores into a new database; 1: stream, one transaction
+    restore_temp_dir: Path | None = None  # where a parallel restore unpacks the archive (None: $TMPDIR)
     post_restore_timeout_s: int = 600  # POST_RESTORE_TIMEOUT, seconds
     slack: SlackSettings = SlackSettings()
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)  # raw values, for later features
@@ -152,6 +154,15 @@ def _memory(raw: str) -> str:
     if not re.fullmatch(r"\d+(kB|MB|GB)", raw.strip()):
         raise ConfigError(f"must be a size like 512MB or 1GB, got {raw!r}", "RESTORE_MAINTENANCE_WORK_MEM")
     return raw.strip()
+
+
+def _directory(raw: str | None, where: str) -> Path | None:
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{raw!r} is not an existing directory", where)
+    return path
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:
@@ -342,6 +353,8 @@ def load_settings(
         pg_bindir=Path(bindir) if bindir else None,
         post_restore_command=r.str("POST_RESTORE_COMMAND"),
         restore_work_mem=_memory(r.str("RESTORE_MAINTENANCE_WORK_MEM", "512MB") or "512MB"),
+        restore_jobs=r.int("RESTORE_JOBS", 2, minimum=1),
+        restore_temp_dir=_directory(r.str("RESTORE_TEMP_DIR"), "RESTORE_TEMP_DIR"),
         post_restore_timeout_s=r.int("POST_RESTORE_TIMEOUT", 600, minimum=1),
         slack=slack,
         extra=dict(env),

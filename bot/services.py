@@ -229,6 +229,7 @@ class Services:
                 request=req, backup=backup, dest_url=dest_url, catalog=self.catalog, storages=self.storages,
                 identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir,
                 actor=actor, source=source, progress=progress, maintenance_work_mem=self.settings.restore_work_mem,
+                jobs=self.settings.restore_jobs, temp_dir=self.settings.restore_temp_dir,
                 **supabase_restore.restore_hooks(backup, dest_url, req),
             )
         except BackupbotError as exc:
@@ -303,23 +304,32 @@ def build_services(settings: Settings) -> Services:
 
     if Path(settings.backup_dir).exists():
         remove_stale_partials(Path(settings.backup_dir))
-    remove_stale_temp_files()
+    remove_stale_temp_files(settings.restore_temp_dir)
     return services
 
 
-def remove_stale_temp_files(max_age_s: float = 6 * 3600) -> list[Path]:
+def remove_stale_temp_files(temp_dir: Path | None = None, max_age_s: float = 6 * 3600) -> list[Path]:
     """A restore killed mid-way can leave its uncompressed archive (cleartext data) or its
-    list file in $TMPDIR; remove ours once they are clearly not in use any more."""
+    list file in $TMPDIR (or RESTORE_TEMP_DIR); remove ours once they are clearly not in use any
+    more: old, and (archives) not locked by a restore that is still reading them."""
+    import fcntl
     import tempfile
     import time
 
     removed = []
     cutoff = time.time() - max_age_s
-    for path in Path(tempfile.gettempdir()).glob("backupbot-*"):
+    dirs = dict.fromkeys([Path(tempfile.gettempdir()), *([temp_dir] if temp_dir else [])])
+    for path in (p for d in dirs for p in d.glob("backupbot-*")):
         try:
-            if path.is_file() and path.suffix in (".dump", ".list") and path.stat().st_mtime < cutoff:
+            if not (path.is_file() and path.suffix in (".dump", ".list") and path.stat().st_mtime < cutoff):
+                continue
+            with open(path, "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a running restore holds it (restore.Spool)
                 path.unlink()
-                removed.append(path)
+            removed.append(path)
         except OSError:
             continue
     return removed

@@ -4,6 +4,8 @@ encryption, SHA-256 and fan-out, in constant memory and without uncompressed tem
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,17 +99,33 @@ def compression_params(level: int, threads: int) -> zstandard.ZstdCompressionPar
 
 
 def encode(source: BinaryIO | IO[bytes], sink: Fanout, *, level: int, threads: int = 0,
-           recipients: tuple[str, ...] = ()) -> None:
-    """Compress (and encrypt, when recipients are given) ``source`` into ``sink``."""
+           recipients: tuple[str, ...] = ()) -> int:
+    """Compress (and encrypt, when recipients are given) ``source`` into ``sink``; return how
+    many bytes were read (the archive's uncompressed size: what a restore must unpack)."""
     cctx = zstandard.ZstdCompressor(compression_params=compression_params(level, threads))
     if not recipients:
-        cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]  # duck-typed writer
-        return
+        read, _written = cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]  # duck-typed writer
+        return int(read)
     import pyrage
 
     keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
-    with cctx.stream_reader(source, read_size=CHUNK) as compressed:
+    counted = _Counting(source)
+    with cctx.stream_reader(counted, read_size=CHUNK) as compressed:  # type: ignore[arg-type]  # duck-typed reader
         pyrage.encrypt_io(_Buffered(compressed), sink, keys)
+    return counted.count
+
+
+class _Counting:
+    """A reader that counts what passes through it."""
+
+    def __init__(self, raw: BinaryIO | IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
 
 
 class _Buffered:
@@ -130,7 +148,7 @@ class HashingReader:
     copy's SHA-256 has been checked: a consumer (pg_restore) never sees the end of a corrupt copy,
     so it cannot commit one."""
 
-    def __init__(self, raw: BinaryIO, expected_sha256: str | None, what: str) -> None:
+    def __init__(self, raw: BinaryIO, expected_sha256: str | None, what: str, *, prefetch: bool = False) -> None:
         self.raw = raw
         self.expected = expected_sha256
         self.what = what
@@ -139,13 +157,51 @@ class HashingReader:
         self._ahead: bytes | None = None
         self._buf = memoryview(b"")
         self._done = False
+        # prefetch: read and hash the next chunks in a second thread while the caller decompresses
+        # (hashing and reading release the GIL); unpacking 1 GB measured ~0.3 s faster so.
+        self._chunks: queue.Queue[tuple[bytes, BaseException | None]] | None = None
+        self._stop = threading.Event()
+        if prefetch:
+            self._chunks = queue.Queue(4)
+            self._filler = threading.Thread(target=self._fill, name="backupbot-prefetch", daemon=True)
+            self._filler.start()
 
-    def _next(self) -> bytes:
+    def _read_and_hash(self) -> bytes:
         chunk = self.raw.read(CHUNK)
         if chunk:
             self.sha.update(chunk)
             self.size += len(chunk)
         return chunk
+
+    def _fill(self) -> None:
+        assert self._chunks is not None
+        try:
+            while not self._stop.is_set():
+                chunk = self._read_and_hash()
+                self._chunks.put((chunk, None))
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reading thread
+            self._chunks.put((b"", exc))
+
+    def _next(self) -> bytes:
+        if self._chunks is None:
+            return self._read_and_hash()
+        chunk, error = self._chunks.get()
+        if error is not None:
+            raise error
+        return chunk
+
+    def stop(self) -> None:
+        """Stop prefetching (before the underlying file is closed)."""
+        if self._chunks is None:
+            return
+        self._stop.set()
+        while self._filler.is_alive():
+            try:
+                self._chunks.get(timeout=0.05)  # unblocks a filler waiting to put
+            except queue.Empty:
+                pass
 
     def read(self, n: int = -1) -> bytes:
         # Serve from the current chunk; fetch the next one only when it is used up, keeping
@@ -215,7 +271,7 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
     except zstandard.ZstdError as exc:
         reader.check()
         raise IntegrityError(f"{reader.what} is corrupt: zstd says {exc}") from None
-    except BrokenPipeError:
+    except OSError:  # the destination's: a closed pipe, a full disk
         raise
     except Exception as exc:
         # age authenticates every 64 KiB chunk: a flipped bit surfaces here as a decrypt error
@@ -223,6 +279,48 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
             raise
         reader.check()
         raise IntegrityError(f"{reader.what} cannot be decrypted ({exc}): wrong key or corrupt copy") from None
+
+
+class ThreadedWriter:
+    """Writes to a file from a second thread, so that decompressing one chunk and writing the
+    previous one overlap (both release the GIL): unpacking a 1 GB archive measured 1.34 s in one
+    thread, about 1.0 s so. A write error is kept in ``error`` and raised on the next write and
+    on close, which also flushes the file."""
+
+    def __init__(self, f: BinaryIO, depth: int = 8) -> None:
+        self.f = f
+        self.error: BaseException | None = None
+        self._q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, name="backupbot-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            if self.error is None:  # after a failure keep draining: the producer must not block
+                try:
+                    self.f.write(chunk)
+                except BaseException as exc:
+                    self.error = exc
+        if self.error is None:
+            try:
+                self.f.flush()
+            except BaseException as exc:
+                self.error = exc
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.error is not None:
+            raise self.error
+        self._q.put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:  # zstandard calls flush on its destination; close() flushes
+        pass
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class ProcessSink:

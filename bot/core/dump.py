@@ -168,8 +168,8 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                                            excluded_tables=tuple(profile.excluded_tables)))
         try:
             assert proc.proc.stdout is not None
-            encode(proc.proc.stdout, sink, level=settings.compression_level,
-                   threads=settings.compression_threads, recipients=settings.encryption.recipients)
+            archive_bytes = encode(proc.proc.stdout, sink, level=settings.compression_level,
+                                   threads=settings.compression_threads, recipients=settings.encryption.recipients)
             proc.check()
             roles_sql, facts = side.result()
         except BaseException:
@@ -211,6 +211,7 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         "host": info.host,
         "database_size_bytes": facts["database_size_bytes"],
         "size_bytes": sink.size,
+        "archive_bytes": archive_bytes,  # uncompressed: the room a local (parallel) restore needs
         "sha256": sha256,
         "format": "pg_dump custom (-Fc -Z0)",
         "compression": f"zstd level {settings.compression_level}",

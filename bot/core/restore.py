@@ -3,8 +3,10 @@ database, over the target in one transaction, or into another server; then verif
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -21,7 +23,7 @@ from psycopg import sql
 
 from bot.core import toc
 from bot.core.catalog import Backup, Catalog
-from bot.core.codec import HashingReader, ProcessSink, decode
+from bot.core.codec import HashingReader, ProcessSink, ThreadedWriter, decode, load_identities
 from bot.core.inspect import inspect_database
 from bot.core.pgtools import (
     Command,
@@ -35,6 +37,7 @@ from bot.core.redact import redact
 from bot.core.storage.base import Storage
 from bot.core.verify import Check, Report, compare, verify_copy
 from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
+from bot.render.common import human_bytes
 
 MODES = ("into", "in-place", "to")
 _DBNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
@@ -130,6 +133,17 @@ def precheck(backup: Backup, storage: Storage) -> None:
             close()
 
 
+def _unpack_intact(backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
+    """Spool.unpack, raising IntegrityError only when the copy itself is at fault. Decryption can
+    fail before the whole copy was hashed (a wrong key fails at once): then the copy is hashed on
+    its own, and if it is intact the error is the key's, raised as a RestoreError instead."""
+    try:
+        return Spool.unpack(backup, storage, identity_file, temp_dir)
+    except IntegrityError as exc:
+        precheck(backup, storage)  # raises IntegrityError when the copy is corrupt
+        raise RestoreError(f"{exc.message} (the {storage.name} copy itself is intact: its SHA-256 matches)") from None
+
+
 def load_roles_sql(backup: Backup, storage: Storage, identity_file: Path | None) -> str:
     key = backup.manifest.get("roles_dump") or backup.manifest.get("files", {}).get("roles")
     if not key:
@@ -137,8 +151,6 @@ def load_roles_sql(backup: Backup, storage: Storage, identity_file: Path | None)
     blob = storage.get_bytes(key)
     if backup.encryption_key_id:
         import pyrage
-
-        from bot.core.codec import load_identities
 
         blob = bytes(pyrage.decrypt(blob, load_identities(identity_file)))  # type: ignore[arg-type]
     return blob.decode("utf-8")
@@ -255,6 +267,8 @@ def restore(
     around_load: Callable[[LoadContext], AbstractContextManager[object]] | None = None,
     after_restore: Callable[[psycopg.Connection[Any], Report, LoadContext], None] | None = None,
     seekable_archive: bool = False,
+    jobs: int = 1,
+    temp_dir: Path | None = None,
 ) -> RestoreOutcome:
     """Run one restore. ``dest_url`` is the server/database chosen by the caller (services).
 
@@ -262,7 +276,12 @@ def restore(
     orders the archive's entries, ``around_load`` wraps pg_restore's one transaction (work before
     it, undone when it fails), ``after_restore`` adds to the report. ``seekable_archive`` restores
     from a local copy instead of a stream: pg_restore can only load data in a different order than
-    the archive's from a file it can seek in."""
+    the archive's from a file it can seek in.
+
+    ``jobs`` > 1 loads a new database (mode "into") with that many pg_restore connections, from
+    a local copy in ``temp_dir``: tables load and indexes build side by side. There is no single
+    transaction then; a failed restore drops the database it created, so nothing half-done stays.
+    Without room for the local copy the restore streams in one transaction instead."""
     say = progress or (lambda _m: None)
     info = ConnInfo.parse(dest_url)
     check_not_transaction_pooler(info)
@@ -271,13 +290,29 @@ def restore(
                                 "table": request.table})
     t0 = time.monotonic()
     created_db: str | None = None
+    archive: Spool | None = None
     try:
+        parallel = request.mode == "into" and jobs > 1
+        if seekable_archive or parallel:
+            room = SpoolRoom.of(backup, temp_dir)
+            if not room.enough:
+                if seekable_archive:
+                    raise RestoreError(f"{room.describe()}; set RESTORE_TEMP_DIR to a directory with more room "
+                                       "(nothing was changed)")
+                say(f"{room.describe()}: loading from the stream in one transaction instead")
+                parallel = False
         copies = pick_copy(backup, storages)
         storage = None
         errors: list[str] = []
+        if (seekable_archive or parallel) and backup.encryption_key_id:
+            load_identities(identity_file)  # a missing key is ours to fix, not the copy's fault
         for candidate in copies:
             try:
-                precheck(backup, candidate)
+                if seekable_archive or parallel:
+                    # Unpacking checks the checksum on the way: no separate reading pass.
+                    archive = _unpack_intact(backup, candidate, identity_file, temp_dir)
+                else:
+                    precheck(backup, candidate)
                 storage = candidate
                 break
             except (IntegrityError, NotFound) as exc:
@@ -314,16 +349,18 @@ def restore(
         # --verbose: on failure, stderr then names the archive entry that failed (see pgtools).
         # The session options (lock_timeout, maintenance_work_mem) travel in --dbname itself: an
         # `options` in the user's URL would otherwise override PGOPTIONS.
-        args = ["--no-password", "--exit-on-error", "--single-transaction", "--verbose",
+        args = ["--no-password", "--exit-on-error", "--verbose",
                 f"--dbname={_restore_env(info, maintenance_work_mem).safe_conninfo()}"]
+        args.append(f"--jobs={jobs}" if parallel else "--single-transaction")
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
         ctx = LoadContext(request, backup, info, storage, identity_file, bindir)
         list_file = None
         try:
-            if seekable_archive:
-                ctx.archive = _spool(backup, storage, identity_file)
-                say("archive copied to a local file (the restore reorders data)")
+            if archive is not None:
+                ctx.archive = archive.path
+                say(f"archive unpacked to a local file ({human_bytes(archive.size)})"
+                    + (f"; loading with {jobs} connections" if parallel else "; the restore reorders data"))
             if request.table or toc_filter is not None:
                 list_file = _restore_list(ctx, request.table, toc_filter)
                 args += ["--use-list", str(list_file)]
@@ -348,8 +385,6 @@ def restore(
         finally:
             if list_file is not None:
                 list_file.unlink(missing_ok=True)
-            if ctx.archive is not None:
-                ctx.archive.unlink(missing_ok=True)
         duration = round(time.monotonic() - t0, 3)
         status = "ok" if report.ok else "failed"
         catalog.finish_run(run_id, status, backup_id=backup.id, rto_s=duration,
@@ -365,6 +400,9 @@ def restore(
         if isinstance(exc, BackupbotError) or not isinstance(exc, Exception):
             raise
         raise RestoreError(f"restore of {backup.id} failed: {msg}") from exc
+    finally:
+        if archive is not None:
+            archive.remove()
 
 
 def _restore_list(ctx: LoadContext, table: str | None,
@@ -415,23 +453,89 @@ def _file_restore(pg_restore: Command, args: list[str], info: ConnInfo, work_mem
         raise
 
 
-def _spool(backup: Backup, storage: Storage, identity_file: Path | None) -> Path:
-    """Decrypt and decompress a copy into a private temporary file (checksum checked on the way).
-    It holds the database's data in clear: the caller deletes it when the restore ends."""
-    reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
-                           f"the {storage.name} copy of {backup.id}")
-    fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".dump")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            decode(reader, f, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        close = getattr(reader.raw, "close", None)
-        if close:
-            close()
-    return Path(path)
+SPOOL_MARGIN = 64 << 20  # beyond the archive itself: the list file, other writers, rounding
+
+
+@dataclass(frozen=True)
+class SpoolRoom:
+    """Whether a local copy of a backup's archive fits in the temporary directory."""
+
+    directory: Path
+    needed: int
+    free: int
+
+    @classmethod
+    def of(cls, backup: Backup, temp_dir: Path | None) -> SpoolRoom:
+        directory = Path(temp_dir or tempfile.gettempdir())
+        # archive_bytes is exact (manifests since it was added); older ones: the database's size,
+        # which a dump without indexes rarely exceeds, else a generous multiple of the download.
+        m = backup.manifest
+        needed = int(m.get("archive_bytes") or m.get("database_size_bytes") or backup.size_bytes * 8)
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            free = 0
+        return cls(directory, needed, free)
+
+    @property
+    def enough(self) -> bool:
+        return self.free >= self.needed + SPOOL_MARGIN
+
+    def describe(self) -> str:
+        return (f"an unpacked copy of the archive needs about {human_bytes(self.needed)} in {self.directory}, "
+                f"which has {human_bytes(self.free)} free")
+
+
+class Spool:
+    """A decrypted, decompressed archive in a private temporary file (mode 0600), checksum checked
+    on the way. It holds the database's data in clear: ``remove`` deletes it when the restore ends,
+    and the flock held meanwhile tells the start-up sweep (services) that it is in use."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path, self._fd, self.size = path, fd, size
+
+    @classmethod
+    def unpack(cls, backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
+        def no_room(exc: OSError, where: Path) -> RestoreError:
+            return RestoreError(f"cannot unpack {backup.id} into {where}: {exc.strerror or exc}; set "
+                                "RESTORE_TEMP_DIR to a directory with more room (nothing was changed)")
+
+        try:
+            fd, name = tempfile.mkstemp(prefix="backupbot-", suffix=".dump", dir=temp_dir)  # mode 0600
+        except OSError as exc:
+            raise no_room(exc, Path(temp_dir or tempfile.gettempdir())) from None
+        path = Path(name)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        reader: HashingReader | None = None
+        writer: ThreadedWriter | None = None
+        try:
+            reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
+                                   f"the {storage.name} copy of {backup.id}", prefetch=True)
+            with os.fdopen(os.dup(fd), "wb") as f:
+                writer = ThreadedWriter(f)
+                try:
+                    decode(reader, writer, encrypted=bool(backup.encryption_key_id),  # type: ignore[arg-type]
+                           identity_file=identity_file)
+                finally:
+                    writer.close()
+                size = f.tell()
+        except BaseException:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            if writer is not None and isinstance(writer.error, OSError):  # our disk, not the copy
+                raise no_room(writer.error, path.parent) from None
+            raise
+        finally:
+            if reader is not None:
+                reader.stop()
+                close = getattr(reader.raw, "close", None)
+                if close:
+                    close()
+        return cls(path, fd, size)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # releases the lock
 
 
 def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
