@@ -505,7 +505,10 @@ class Spool:
         except OSError as exc:
             raise no_room(exc, Path(temp_dir or tempfile.gettempdir())) from None
         path = Path(name)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: only the start-up sweep relies on it
+            pass
         reader: HashingReader | None = None
         writer: ThreadedWriter | None = None
         try:
