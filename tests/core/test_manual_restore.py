@@ -37,3 +37,22 @@ def test_age_zstd_pg_restore_pipeline_restores_an_encrypted_backup(crm_db, make_
     # THEN the database is identical to the source
     assert done.returncode == 0, done.stderr
     assert table_checksums(target) == table_checksums(crm_db)
+
+
+def test_unpacked_archive_restores_with_parallel_jobs(crm_db, make_services, pg, tmp_path):
+    # GIVEN an unencrypted backup, unpacked with zstd as the README's faster manual path does
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst"
+    unpacked = tmp_path / f"{backup.id}.dump"
+    subprocess.run(f"zstd -d -c '{stored}' > '{unpacked}'", shell=True, check=True)  # noqa: S602
+    assert unpacked.stat().st_size == backup.manifest["archive_bytes"]  # the room the README says it needs
+    target = pg.create_database("manual_parallel")
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    # WHEN pg_restore loads it with two connections
+    done = subprocess.run([str(find_bindir() / "pg_restore"), "--exit-on-error", "--jobs=2", "--no-password",
+                           "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "manual_parallel",
+                           str(unpacked)], env=env, capture_output=True, text=True)
+    # THEN the database is identical to the source
+    assert done.returncode == 0, done.stderr
+    assert table_checksums(target) == table_checksums(crm_db)
