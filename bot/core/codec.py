@@ -157,6 +157,7 @@ class HashingReader:
         self._ahead: bytes | None = None
         self._buf = memoryview(b"")
         self._done = False
+        self.failure: BaseException | None = None  # reading the copy failed (network, Ctrl-C ...)
         # prefetch: read and hash the next chunks in a second thread while the caller decompresses
         # (hashing and reading release the GIL); unpacking 1 GB measured ~0.3 s faster so.
         self._chunks: queue.Queue[tuple[bytes, BaseException | None]] | None = None
@@ -185,12 +186,20 @@ class HashingReader:
             self._chunks.put((b"", exc))
 
     def _next(self) -> bytes:
-        if self._chunks is None:
-            return self._read_and_hash()
-        chunk, error = self._chunks.get()
-        if error is not None:
-            raise error
-        return chunk
+        if self.failure is not None:  # the prefetch thread has stopped: never wait on it again
+            raise self.failure
+        try:
+            if self._chunks is None:
+                return self._read_and_hash()
+            chunk, error = self._chunks.get()
+            if error is not None:
+                raise error
+            return chunk
+        except BaseException as exc:
+            # Kept so that a consumer which turns our error into its own (pyrage reports any
+            # reader error as a decryption error) can be corrected: see decode().
+            self.failure = exc
+            raise
 
     def stop(self) -> None:
         """Stop prefetching (before the underlying file is closed)."""
@@ -269,16 +278,26 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
     except IntegrityError:
         raise
     except zstandard.ZstdError as exc:
+        _reraise_read_failure(reader)
         reader.check()
         raise IntegrityError(f"{reader.what} is corrupt: zstd says {exc}") from None
-    except OSError:  # the destination's: a closed pipe, a full disk
+    except BrokenPipeError:
         raise
     except Exception as exc:
+        # A failed read (network, Ctrl-C) is not the copy's fault, whatever pyrage calls it.
+        _reraise_read_failure(reader)
         # age authenticates every 64 KiB chunk: a flipped bit surfaces here as a decrypt error
+        # (pyrage raises a plain OSError for it, so OSError must not pass through above).
         if not encrypted:
             raise
         reader.check()
         raise IntegrityError(f"{reader.what} cannot be decrypted ({exc}): wrong key or corrupt copy") from None
+
+
+def _reraise_read_failure(reader: HashingReader) -> None:
+    failure = getattr(reader, "failure", None)
+    if failure is not None:
+        raise failure
 
 
 class ThreadedWriter:

@@ -310,7 +310,15 @@ def restore(
             try:
                 if seekable_archive or parallel:
                     # Unpacking checks the checksum on the way: no separate reading pass.
-                    archive = _unpack_intact(backup, candidate, identity_file, temp_dir)
+                    try:
+                        archive = _unpack_intact(backup, candidate, identity_file, temp_dir)
+                    except SpoolNoRoom as exc:
+                        if seekable_archive:
+                            raise
+                        say(f"cannot unpack into {exc.where} ({exc.reason}): loading from the stream "
+                            "in one transaction instead")
+                        parallel = False
+                        precheck(backup, candidate)
                 else:
                     precheck(backup, candidate)
                 storage = candidate
@@ -393,10 +401,14 @@ def restore(
                                     "report": report.as_json()})
         return RestoreOutcome(backup, info.describe(), dest_url, request.mode, report, duration, run_id, roles.created)
     except BaseException as exc:
-        if created_db:
-            _drop_database(info, created_db)
-        msg = exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}"
+        left = ""
+        if created_db and not _drop_database(info, created_db):
+            left = (f"; the partly restored database {created_db} could not be dropped: "
+                    f"drop it by hand (DROP DATABASE {created_db})")
+        msg = (exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}") + left
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
+        if isinstance(exc, Exception) and left:
+            raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
         if isinstance(exc, BackupbotError) or not isinstance(exc, Exception):
             raise
         raise RestoreError(f"restore of {backup.id} failed: {msg}") from exc
@@ -453,6 +465,15 @@ def _file_restore(pg_restore: Command, args: list[str], info: ConnInfo, work_mem
         raise
 
 
+class SpoolNoRoom(RestoreError):
+    """The temporary directory could not take the unpacked archive (full, unwritable)."""
+
+    def __init__(self, backup_id: str, where: Path, reason: str) -> None:
+        self.where, self.reason = where, reason
+        super().__init__(f"cannot unpack {backup_id} into {where}: {reason}; set RESTORE_TEMP_DIR to a "
+                         "directory with more room (nothing was changed)")
+
+
 SPOOL_MARGIN = 64 << 20  # beyond the archive itself: the list file, other writers, rounding
 
 
@@ -467,10 +488,12 @@ class SpoolRoom:
     @classmethod
     def of(cls, backup: Backup, temp_dir: Path | None) -> SpoolRoom:
         directory = Path(temp_dir or tempfile.gettempdir())
-        # archive_bytes is exact (manifests since it was added); older ones: the database's size,
-        # which a dump without indexes rarely exceeds, else a generous multiple of the download.
+        # archive_bytes is exact (manifests since it was added). Older ones get a generous guess:
+        # bytea dumps as hex and TOAST-compressed text unpacks, so a dump can outgrow the
+        # database; a guess too small only costs a fallback to streaming (see restore()).
         m = backup.manifest
-        needed = int(m.get("archive_bytes") or m.get("database_size_bytes") or backup.size_bytes * 8)
+        needed = int(m.get("archive_bytes") or max(2 * int(m.get("database_size_bytes") or 0),
+                                                   8 * backup.size_bytes))
         try:
             free = shutil.disk_usage(directory).free
         except OSError:
@@ -496,9 +519,8 @@ class Spool:
 
     @classmethod
     def unpack(cls, backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
-        def no_room(exc: OSError, where: Path) -> RestoreError:
-            return RestoreError(f"cannot unpack {backup.id} into {where}: {exc.strerror or exc}; set "
-                                "RESTORE_TEMP_DIR to a directory with more room (nothing was changed)")
+        def no_room(exc: OSError, where: Path) -> SpoolNoRoom:
+            return SpoolNoRoom(backup.id, where, str(exc.strerror or exc))
 
         try:
             fd, name = tempfile.mkstemp(prefix="backupbot-", suffix=".dump", dir=temp_dir)  # mode 0600
@@ -616,12 +638,14 @@ def _create_database(info: ConnInfo, name: str) -> None:
             raise RestoreError(f"cannot create database {name}: {exc.diag.message_primary or exc}") from None
 
 
-def _drop_database(info: ConnInfo, name: str) -> None:
+def _drop_database(info: ConnInfo, name: str) -> bool:
+    """Drop a database we created; False when that failed (the caller says so)."""
     try:
         with _admin_conn(info) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    except Exception:  # best effort: the caller is already reporting the real failure
-        pass
+        return True
+    except Exception:  # the caller is already reporting the real failure, and names this one
+        return False
 
 
 def drop_database(dest_url: str) -> None:

@@ -15,7 +15,7 @@ import zstandard
 
 from bot.core import restore as restore_mod
 from bot.core.restore import RestoreRequest
-from bot.errors import BackupbotError, ConfigError, RestoreError
+from bot.errors import BackupbotError, ConfigError, RestoreError, StorageError
 from tests.fixtures.pg import fake_bindir, query, table_checksums
 
 # Records every call (one line per call, arguments joined by a tab) and, for a restore from a
@@ -149,31 +149,128 @@ def test_too_little_temporary_space_streams_instead_and_says_so(crm_db, make_ser
         subprocess.run(["umount", str(tiny)], check=False)
 
 
-def test_disk_full_while_unpacking_is_one_clear_line_and_creates_nothing(crm_db, make_services, tmp_path,
-                                                                          monkeypatch):
-    # GIVEN a manifest that understates the archive (as an old or hand-edited one may) and a tiny disk
+def _understated(services, backup, monkeypatch):
+    """Make the room check pass whatever the disk: a manifest that understates the archive (as an
+    old or hand-edited one may) and no margin."""
+    monkeypatch.setattr(restore_mod, "SPOOL_MARGIN", 0)
+    backup.manifest["archive_bytes"] = 1
+    monkeypatch.setattr(services, "get_backup", lambda _id: backup)
+
+
+def test_disk_full_while_unpacking_falls_back_to_streaming(crm_db, make_services, tmp_path, monkeypatch):
+    # GIVEN a tiny temporary directory that the room check wrongly believes big enough
     query(crm_db, "CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
                   "FROM generate_series(1, 48000) g")
     tiny = _tiny_tmpfs(tmp_path / "tiny", "256k")
     try:
         services = make_services(crm_db, RESTORE_JOBS="2", RESTORE_TEMP_DIR=str(tiny))
         backup = services.backup(actor="t", source="cli").backup
-        monkeypatch.setattr(restore_mod, "SPOOL_MARGIN", 0)
-        backup.manifest["archive_bytes"] = 1
-        monkeypatch.setattr(services, "get_backup", lambda _id: backup)
+        _understated(services, backup, monkeypatch)
+        said: list[str] = []
         # WHEN restoring into a new database
-        with pytest.raises(RestoreError) as err:
-            services.restore(RestoreRequest(backup.id, mode="into", into="disk_full"), actor="t", source="cli")
-        # THEN one clear line, no database, no file left, and the run is recorded as failed
-        assert "No space left on device" in err.value.message and "RESTORE_TEMP_DIR" in err.value.message
-        assert "nothing was changed" in err.value.message
-        assert not _database_exists(crm_db, "disk_full")
+        outcome, _ = services.restore(RestoreRequest(backup.id, mode="into", into="disk_full"), actor="t",
+                                      source="cli", progress=said.append)
+        # THEN the unpack gives way to the stream, says why, and leaves no file behind
+        assert any("No space left on device" in m and "from the stream" in m for m in said), said
+        assert outcome.report.ok and table_checksums(_url_for(crm_db, "disk_full")) == table_checksums(crm_db)
         assert list(tiny.iterdir()) == []
-        assert services.catalog.runs(kind="restore")[0]["status"] == "failed"
-        # and the backup itself is not blamed: it is still good
-        assert services.get_backup(backup.id).verify_status != "failed"
+        # and the copy is not blamed for our full disk
+        assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "stored"}
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_disk_full_while_unpacking_for_a_reordering_restore_is_one_clear_line(crm_db, make_services, tmp_path,
+                                                                               monkeypatch):
+    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
+                  "FROM generate_series(1, 48000) g")
+    tiny = _tiny_tmpfs(tmp_path / "tiny", "256k")
+    try:
+        services = make_services(crm_db)
+        backup = services.backup(actor="t", source="cli").backup
+        _understated(services, backup, monkeypatch)
+        query(_url_for(crm_db, "postgres"), "CREATE DATABASE reorder_full")
+        with pytest.raises(RestoreError) as err:
+            restore_mod.restore(
+                request=RestoreRequest(backup.id, mode="to", to_url=_url_for(crm_db, "reorder_full")), backup=backup,
+                dest_url=_url_for(crm_db, "reorder_full"), catalog=services.catalog, storages=services.storages,
+                identity_file=None, bindir=None, actor="t", source="cli", seekable_archive=True, temp_dir=tiny)
+        assert "No space left on device" in err.value.message and "RESTORE_TEMP_DIR" in err.value.message
+        assert "nothing was changed" in err.value.message
+        assert list(tiny.iterdir()) == []
+        assert services.catalog.runs(kind="restore")[0]["status"] == "failed"
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+
+
+def _encrypted_services(crm_db, make_services, tmp_path, **extra):
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    (tmp_path / "age.key").write_text(str(identity))
+    return make_services(crm_db, ENCRYPTION_RECIPIENTS=str(identity.to_public()),
+                         AGE_IDENTITY_FILE=str(tmp_path / "age.key"), RESTORE_JOBS="2", **extra)
+
+
+def test_corrupt_encrypted_local_copy_is_marked_and_the_s3_copy_used(crm_db, make_services, s3_bucket, tmp_path):
+    # GIVEN an encrypted backup of several MiB (age then fails before the whole copy is hashed)
+    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g, decode(md5(g::text) || md5((g * 7)::text), 'hex') AS b "
+                  "FROM generate_series(1, 300000) g")
+    services = _encrypted_services(crm_db, make_services, tmp_path, S3_BUCKET=s3_bucket.bucket,
+                                   S3_ENDPOINT_URL=s3_bucket.endpoint_url or "", S3_REGION="us-east-1")
+    backup = services.backup(actor="t", source="cli").backup
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst.age"
+    data = bytearray(stored.read_bytes())
+    assert len(data) > 3 << 20
+    data[len(data) // 3] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    # WHEN restoring into a new database
+    outcome, _ = services.restore(RestoreRequest(backup.id, mode="into", into="enc_from_s3"), actor="t", source="cli")
+    # THEN the local copy is found corrupt and the S3 copy restores
+    assert outcome.report.ok and table_checksums(_url_for(crm_db, "enc_from_s3")) == table_checksums(crm_db)
+    assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt",
+                                                                                         "s3": "stored"}
+
+
+def test_a_read_failing_midway_is_not_blamed_on_the_key_or_the_copy(crm_db, make_services, tmp_path, monkeypatch):
+    # GIVEN an encrypted backup whose stored copy can only be read part of the way, once (a
+    # dropped connection)
+    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g, decode(md5(g::text) || md5((g * 7)::text), 'hex') AS b "
+                  "FROM generate_series(1, 300000) g")
+    services = _encrypted_services(crm_db, make_services, tmp_path)
+    backup = services.backup(actor="t", source="cli").backup
+    local = services.storages[0]
+    real_open = local.open_reader
+
+    class Dropping:
+        def __init__(self, raw):
+            self.raw, self.reads = raw, 0
+
+        def read(self, n=-1):
+            self.reads += 1
+            if self.reads >= 3:  # the connection is gone for good
+                raise StorageError("reading the local copy: connection reset")
+            return self.raw.read(n)
+
+        def close(self):
+            self.raw.close()
+
+    opened: list[str] = []
+
+    def open_reader(key):  # the first reading drops; a second one (a re-check) would succeed
+        opened.append(key)
+        return Dropping(real_open(key)) if len(opened) == 1 else real_open(key)
+
+    monkeypatch.setattr(local, "open_reader", open_reader)
+    # WHEN restoring into a new database
+    with pytest.raises(BackupbotError) as err:
+        services.restore(RestoreRequest(backup.id, mode="into", into="dropped"), actor="t", source="cli")
+    # THEN the error is the read's, and neither the key nor the copy is blamed
+    assert "connection reset" in err.value.message and "decrypt" not in err.value.message
+    after = services.get_backup(backup.id)
+    assert {c.destination: c.status for c in after.copies} == {"local": "stored"}
+    assert after.verify_status != "failed"
+    assert not _database_exists(crm_db, "dropped")
 
 
 def test_a_failed_parallel_restore_drops_the_database_it_created(crm_db, make_services, tmp_path):
