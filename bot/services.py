@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bot.config import Settings, Target
 from bot.core import retention
-from bot.core.catalog import Backup, Catalog, utcnow
+from bot.core.catalog import Backup, Catalog, parse_iso, utcnow
 from bot.core.dump import BackupOutcome, run_backup
 from bot.core.pgtools import ConnInfo
 from bot.core.restore import (
@@ -43,10 +44,20 @@ class PruneResult:
 
 
 class BackupBusy(Refused):
-    def __init__(self, target: str, run: dict[str, Any] | None) -> None:
-        since = f" (started {run['started_at']} by {run['actor']} via {run['source']})" if run else ""
+    def __init__(self, target: str, run: dict[str, Any] | None, tz: ZoneInfo | None = None) -> None:
+        since = f" (started {_local(run['started_at'], tz or ZoneInfo('UTC'))} by {run['actor']} via {run['source']})" if run else ""
         super().__init__(f"a backup of {target} is already running{since}")
         self.run = run
+
+
+def _local(stamp: str, tz: ZoneInfo) -> str:
+    """A stored UTC timestamp as people read it: in the configured zone."""
+    from bot.render.common import local_time
+
+    try:
+        return local_time(parse_iso(stamp), tz)
+    except (TypeError, ValueError):
+        return str(stamp)
 
 
 class Services:
@@ -75,7 +86,7 @@ class Services:
         with self._locks_guard:
             lock = self._locks.setdefault(target, threading.Lock())
         if not lock.acquire(blocking=False):
-            raise BackupBusy(target, self.running(target))
+            raise BackupBusy(target, self.running(target), self.settings.tz)
         try:
             path = self.settings.catalog_path.parent / f".backupbot-{target}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +95,7 @@ class Services:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise BackupBusy(target, self.running(target)) from None
+                    raise BackupBusy(target, self.running(target), self.settings.tz) from None
                 yield
             finally:
                 os.close(fd)

@@ -173,3 +173,12 @@ def test_a_job_ending_in_backup_busy_is_logged_not_alerted_by_the_scheduler(make
 def test_heartbeat_failure_is_logged_never_raised(caplog):
     assert ping_heartbeat("http://127.0.0.1:9/nothing-listens-here", timeout=2) is False
     assert "heartbeat ping failed" in caplog.text
+
+
+def test_busy_message_shows_the_start_in_the_configured_zone():
+    from zoneinfo import ZoneInfo
+
+    run = {"started_at": "2026-11-29T20:15:00.000Z", "actor": "cron", "source": "scheduler"}
+    busy = BackupBusy("prod", run, ZoneInfo("Europe/Berlin"))
+    assert "started 2026-11-29 21:15 CET by cron via scheduler" in busy.message
+    assert "started 2026-11-29 20:15 UTC" in BackupBusy("prod", run).message
