@@ -304,6 +304,7 @@ def restore(
         copies = pick_copy(backup, storages)
         storage = None
         errors: list[str] = []
+        unreadable = 0  # copies that could not be read (as opposed to found corrupt or missing)
         if (seekable_archive or parallel) and backup.encryption_key_id:
             load_identities(identity_file)  # a missing key is ours to fix, not the copy's fault
         for candidate in copies:
@@ -331,7 +332,10 @@ def restore(
                 catalog.set_verify(backup.id, False, exc.message)
             except StorageError as exc:  # unreachable right now (network, permissions): try the next copy
                 errors.append(exc.message)
+                unreadable += 1
         if storage is None:
+            if unreadable == len(errors):  # nothing was found wrong with a copy: say so
+                raise StorageError(f"no copy of {backup.id} could be read right now: " + "; ".join(errors))
             raise IntegrityError(f"no intact copy of {backup.id}: " + "; ".join(errors))
         say(f"checksum of the {storage.name} copy matches")
 

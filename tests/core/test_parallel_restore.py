@@ -267,6 +267,7 @@ def test_a_read_failing_midway_is_not_blamed_on_the_key_or_the_copy(crm_db, make
         services.restore(RestoreRequest(backup.id, mode="into", into="dropped"), actor="t", source="cli")
     # THEN the error is the read's, and neither the key nor the copy is blamed
     assert "connection reset" in err.value.message and "decrypt" not in err.value.message
+    assert isinstance(err.value, StorageError) and "could be read right now" in err.value.message
     after = services.get_backup(backup.id)
     assert {c.destination: c.status for c in after.copies} == {"local": "stored"}
     assert after.verify_status != "failed"
