@@ -310,6 +310,7 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     services = Services(settings)
+    services.catalog.mark_orphaned_runs()
     services.settle_interrupted_backups()
     from bot.core.storage.local import remove_stale_partials
 

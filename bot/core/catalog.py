@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +32,16 @@ def utcnow() -> datetime:
 def iso(dt: datetime | None) -> str | None:
     # Milliseconds: backups taken within one second must still sort in the order they were taken.
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if dt else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def parse_iso(s: str | None) -> datetime | None:
@@ -239,9 +251,11 @@ class Catalog:
                   details: dict[str, Any] | None = None) -> int:
         with self.tx() as db:
             table = db.table("runs")
+            # Who runs it: a run whose process is gone can be settled by the next start (below).
+            owner = {"pid": os.getpid(), "host": socket.gethostname()}
             table.insert({
                 "kind": kind, "target": target, "status": "running", "started_at": iso(utcnow()),
-                "actor": actor, "source": source, "details": json.dumps(details or {}),
+                "actor": actor, "source": source, "details": json.dumps({**(details or {}), **owner}),
             })
             return int(table.last_pk)  # type: ignore[arg-type]
 
@@ -283,6 +297,26 @@ class Catalog:
                 f"UPDATE runs SET status='failed', finished_at=?, "
                 f"error='interrupted: backupbot stopped while this ran' {where}", [iso(utcnow()), *params])
             return cur.rowcount
+
+    def mark_orphaned_runs(self) -> int:
+        """Runs left 'running' by a process of this host that no longer exists (a CLI command
+        killed mid-way, a crashed bot) are failures. A live or foreign process's run is left alone;
+        a recycled pid only delays the settling, never settles a live run."""
+        here = socket.gethostname()
+        orphans = []
+        for row in self.db.query("SELECT id, details FROM runs WHERE status = 'running'"):
+            try:
+                owner = json.loads(row["details"] or "{}")
+            except ValueError:
+                continue
+            pid = owner.get("pid") if isinstance(owner, dict) else None
+            if owner.get("host") == here and isinstance(pid, int) and not _process_alive(pid):
+                orphans.append((row["id"], pid))
+        with self.tx() as db:
+            for run_id, pid in orphans:
+                db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=? AND status='running'",
+                           [iso(utcnow()), f"interrupted: the process running it (pid {pid}) is gone", run_id])
+        return len(orphans)
 
     # -- backups ----------------------------------------------------------------------------
     def add_backup(self, row: dict[str, Any], copies: list[Copy]) -> None:

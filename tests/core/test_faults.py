@@ -292,3 +292,33 @@ def test_interrupted_backup_run_is_finished_not_left_running(crm_db, make_servic
     run = services.catalog.runs(kind="backup")[0]
     assert run["status"] == "failed" and "interrupted" in run["error"]
     assert services.catalog.list() == []
+
+
+def test_runs_of_a_killed_command_are_settled_at_the_next_start(crm_db, make_settings):
+    import json
+    import sys
+
+    from bot.core.catalog import Catalog
+    from bot.services import build_services
+
+    settings = make_settings(crm_db)
+    # GIVEN a restore run whose process was killed (kill -9 leaves it 'running'), ...
+    killed = ("import os, signal, sys; from bot.core.catalog import Catalog; "
+              "Catalog(sys.argv[1]).start_run('restore', 'prod', 'alice', 'cli', {'backup_id': 'b1'}); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", killed, str(settings.catalog_path)], capture_output=True)
+    assert done.returncode == -9, done.stderr
+    catalog = Catalog(settings.catalog_path)
+    # ... a run of a live process (this one), and one of a process on another host
+    live = catalog.start_run("verify", "prod", "bob", "cli")
+    foreign = catalog.start_run("drill", "prod", "carol", "cli")
+    catalog.db.execute("UPDATE runs SET details = ? WHERE id = ?",
+                       [json.dumps({"pid": 1, "host": "some-other-host"}), foreign])
+    catalog.db.conn.commit()
+    # WHEN the next command starts
+    build_services(settings)
+    # THEN only the killed process's run is settled, with the reason
+    runs = {r["kind"]: r for r in Catalog(settings.catalog_path).runs()}
+    assert runs["restore"]["status"] == "failed" and "is gone" in runs["restore"]["error"]
+    assert runs["verify"]["status"] == "running" and runs["drill"]["status"] == "running"
+    assert live and foreign
