@@ -291,6 +291,7 @@ def restore(
     t0 = time.monotonic()
     created_db: str | None = None
     archive: Spool | None = None
+    created_roles: tuple[ConnInfo, list[str]] | None = None  # --with-roles: undone if the restore fails
     try:
         parallel = request.mode == "into" and jobs > 1
         if seekable_archive or parallel:
@@ -350,6 +351,7 @@ def restore(
             role_info = info.with_db("postgres") if request.mode == "into" else info
             with psycopg.connect(role_info.conninfo(), autocommit=True) as conn:
                 roles = apply_roles(roles_sql, conn, reserved_roles)
+            created_roles = (role_info, list(roles.created))
             say(f"roles: {len(roles.created)} created" + (f", {len(roles.problems)} problems" if roles.problems else ""))
 
         if request.mode == "into":
@@ -409,6 +411,10 @@ def restore(
         if created_db and not _drop_database(info, created_db):
             left = (f"; the partly restored database {created_db} could not be dropped: "
                     f"drop it by hand (DROP DATABASE {created_db})")
+        if created_roles is not None:  # after the database: the roles may own what was in it
+            kept = _drop_roles(*created_roles)
+            if kept:
+                left += f"; roles this restore created could not be removed: {', '.join(kept)}"
         msg = (exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}") + left
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
         if isinstance(exc, Exception) and left:
@@ -640,6 +646,24 @@ def _create_database(info: ConnInfo, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         except psycopg.Error as exc:
             raise RestoreError(f"cannot create database {name}: {exc.diag.message_primary or exc}") from None
+
+
+def _drop_roles(info: ConnInfo, names: list[str]) -> list[str]:
+    """Drop roles a failed restore created (nothing of theirs was committed); return those that
+    could not be dropped (the caller names them)."""
+    kept: list[str] = []
+    if not names:
+        return kept
+    try:
+        with psycopg.connect(info.conninfo(), autocommit=True, connect_timeout=10) as conn:
+            for name in names:
+                try:
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+                except psycopg.Error:
+                    kept.append(name)
+    except psycopg.Error:
+        return list(names)
+    return kept
 
 
 def _drop_database(info: ConnInfo, name: str) -> bool:

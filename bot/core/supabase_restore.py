@@ -91,7 +91,7 @@ class SupabaseRestore:
             raise RestoreError(
                 f"{ctx.info.describe()} has no table {', '.join(self.plan.missing)}, which the backup holds "
                 "rows for: the project's platform version differs from the source's (create the new "
-                "project on the same or a newer version); nothing was restored (only missing roles were created)")
+                "project on the same or a newer version); nothing was restored")
         return self.plan.entries
 
     # -- around_load --------------------------------------------------------------------------

@@ -322,3 +322,28 @@ def test_runs_of_a_killed_command_are_settled_at_the_next_start(crm_db, make_set
     assert runs["restore"]["status"] == "failed" and "is gone" in runs["restore"]["error"]
     assert runs["verify"]["status"] == "running" and runs["drill"]["status"] == "running"
     assert live and foreign
+
+
+FAIL_AT_ONCE = """#!/bin/sh
+for a in "$@"; do case "$a" in --list|--version) exec @REAL@/pg_restore "$@";; esac; done
+echo "pg_restore: error: simulated failure" >&2
+exit 1
+"""
+
+
+def test_roles_created_by_a_failed_restore_are_removed(crm_db, make_services, tmp_path):
+    from bot.core.cluster import Cluster
+
+    # GIVEN a restore onto a fresh server that creates the backup's roles, then fails
+    bindir = fake_bindir(tmp_path, {"pg_restore": FAIL_AT_ONCE})
+    services = make_services(crm_db, PG_BINDIR=str(bindir))
+    backup = services.backup(actor="t", source="cli").backup
+    with Cluster(password="other-pw") as fresh:
+        fresh.create_database("crm")
+        before = {r[0] for r in query(fresh.url("postgres"), "SELECT rolname FROM pg_roles")}
+        with pytest.raises(BackupbotError) as err:
+            services.restore(RestoreRequest(backup.id, mode="to", to_url=fresh.url("crm"), with_roles=True),
+                             actor="t", source="cli")
+        # THEN the server's roles are as they were
+        assert "simulated failure" in err.value.message
+        assert {r[0] for r in query(fresh.url("postgres"), "SELECT rolname FROM pg_roles")} == before
