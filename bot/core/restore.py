@@ -292,6 +292,7 @@ def restore(
     created_db: str | None = None
     archive: Spool | None = None
     created_roles: tuple[ConnInfo, list[str]] | None = None  # --with-roles: undone if the restore fails
+    loaded = False  # pg_restore finished and committed
     try:
         parallel = request.mode == "into" and jobs > 1
         if seekable_archive or parallel:
@@ -384,6 +385,7 @@ def restore(
                     _file_restore(pg_restore, [*args, str(ctx.archive)], info, maintenance_work_mem)
                 else:
                     _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
+                loaded = True  # committed: from here on the roles are in use
             say("pg_restore finished")
 
             with psycopg.connect(info.conninfo(), autocommit=True) as conn:
@@ -408,10 +410,15 @@ def restore(
         return RestoreOutcome(backup, info.describe(), dest_url, request.mode, report, duration, run_id, roles.created)
     except BaseException as exc:
         left = ""
-        if created_db and not _drop_database(info, created_db):
-            left = (f"; the partly restored database {created_db} could not be dropped: "
-                    f"drop it by hand (DROP DATABASE {created_db})")
-        if created_roles is not None:  # after the database: the roles may own what was in it
+        db_gone = False
+        if created_db:
+            db_gone = _drop_database(info, created_db)
+            if not db_gone:
+                left = (f"; the partly restored database {created_db} could not be dropped: "
+                        f"drop it by hand (DROP DATABASE {created_db})")
+        # Roles go only when nothing restored can need them: the load never committed, or its new
+        # database is gone. After the database: the roles may have owned what was in it.
+        if created_roles is not None and (db_gone or not loaded):
             kept = _drop_roles(*created_roles)
             if kept:
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"

@@ -347,3 +347,33 @@ def test_roles_created_by_a_failed_restore_are_removed(crm_db, make_services, tm
         # THEN the server's roles are as they were
         assert "simulated failure" in err.value.message
         assert {r[0] for r in query(fresh.url("postgres"), "SELECT rolname FROM pg_roles")} == before
+
+
+def test_roles_stay_when_the_restore_failed_after_committing(crm_db, make_services, monkeypatch):
+    import psycopg
+
+    from bot.core import restore as restore_mod
+    from bot.core.cluster import Cluster
+
+    # GIVEN a role that owns nothing (an application login, access by membership only) ...
+    query(crm_db, "CREATE ROLE app_login_only LOGIN; GRANT crm_readonly TO app_login_only")
+    try:
+        services = make_services(crm_db)
+        backup = services.backup(actor="t", source="cli").backup
+    finally:
+        query(crm_db, "DROP ROLE app_login_only")
+    # ... and a restore onto a fresh server whose data is committed, then the report fails
+
+    def lost(*_a, **_k):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(restore_mod, "inspect_database", lost)
+    with Cluster(password="other-pw") as fresh:
+        fresh.create_database("crm")
+        with pytest.raises(BackupbotError):
+            services.restore(RestoreRequest(backup.id, mode="to", to_url=fresh.url("crm"), with_roles=True),
+                             actor="t", source="cli")
+        # THEN the roles the restored data needs are still there, with the data
+        roles = {r[0] for r in query(fresh.url("postgres"), "SELECT rolname FROM pg_roles")}
+        assert {"crm_app", "crm_readonly", "sales_rep", "app_login_only"} <= roles
+        assert table_checksums(fresh.url("crm")) == table_checksums(crm_db)
