@@ -34,14 +34,27 @@ def iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if dt else None
 
 
-def _process_alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rfind(b")") + 2:].split()[19])  # field 22; fields after "(comm)" start at 3
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_identity() -> dict[str, Any] | None:
+    """This process, told apart from any other: host, boot, pid namespace, pid and start time
+    (which a recycled pid does not share). None where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    start = _start_ticks(os.getpid())
+    if start is None:
+        return None
+    return {"host": socket.gethostname(), "boot": boot, "pidns": pidns, "pid": os.getpid(), "start": start}
 
 
 def parse_iso(s: str | None) -> datetime | None:
@@ -252,10 +265,11 @@ class Catalog:
         with self.tx() as db:
             table = db.table("runs")
             # Who runs it: a run whose process is gone can be settled by the next start (below).
-            owner = {"pid": os.getpid(), "host": socket.gethostname()}
+            owner = process_identity()
             table.insert({
                 "kind": kind, "target": target, "status": "running", "started_at": iso(utcnow()),
-                "actor": actor, "source": source, "details": json.dumps({**(details or {}), **owner}),
+                "actor": actor, "source": source,
+                "details": json.dumps({**(details or {}), **({"owner": owner} if owner else {})}),
             })
             return int(table.last_pk)  # type: ignore[arg-type]
 
@@ -263,6 +277,8 @@ class Catalog:
                    error: str | None = None, details: dict[str, Any] | None = None,
                    rto_s: float | None = None) -> None:
         updates: dict[str, Any] = {"status": status, "finished_at": iso(utcnow())}
+        if status == "ok" and error is None:
+            updates["error"] = None  # a run settled too early by mistake must not keep that reason
         if backup_id:
             updates["backup_id"] = backup_id
         if error is not None:
@@ -299,19 +315,26 @@ class Catalog:
             return cur.rowcount
 
     def mark_orphaned_runs(self) -> int:
-        """Runs left 'running' by a process of this host that no longer exists (a CLI command
-        killed mid-way, a crashed bot) are failures. A live or foreign process's run is left alone;
-        a recycled pid only delays the settling, never settles a live run."""
-        here = socket.gethostname()
+        """Runs left 'running' by a process that no longer exists (a CLI command killed mid-way, a
+        crashed bot) are failures. Only runs of a process this one can see are judged: same host,
+        boot and pid namespace (containers sharing a catalog see different pids); a pid alive with
+        the recorded start time is the same process and is left alone."""
+        me = process_identity()
+        if me is None:
+            return 0
         orphans = []
         for row in self.db.query("SELECT id, details FROM runs WHERE status = 'running'"):
             try:
-                owner = json.loads(row["details"] or "{}")
-            except ValueError:
+                details = json.loads(row["details"] or "{}")
+            except (TypeError, ValueError):
                 continue
-            pid = owner.get("pid") if isinstance(owner, dict) else None
-            if owner.get("host") == here and isinstance(pid, int) and not _process_alive(pid):
-                orphans.append((row["id"], pid))
+            owner = details.get("owner") if isinstance(details, dict) else None
+            if not isinstance(owner, dict) or any(owner.get(k) != me[k] for k in ("host", "boot", "pidns")):
+                continue
+            pid, start = owner.get("pid"), owner.get("start")
+            if not isinstance(pid, int) or not isinstance(start, int) or _start_ticks(pid) == start:
+                continue
+            orphans.append((row["id"], pid))
         with self.tx() as db:
             for run_id, pid in orphans:
                 db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=? AND status='running'",

@@ -418,7 +418,7 @@ def restore(
                         f"drop it by hand (DROP DATABASE {created_db})")
         # Roles go only when nothing restored can need them: the load never committed, or its new
         # database is gone. After the database: the roles may have owned what was in it.
-        if created_roles is not None and (db_gone or not loaded):
+        if created_roles is not None and (db_gone if created_db else not loaded):
             kept = _drop_roles(*created_roles)
             if kept:
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"

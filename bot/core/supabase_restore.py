@@ -158,7 +158,7 @@ class SupabaseRestore:
             return RestoreError(f"{what}.{where} Nothing was restored (one transaction), but {problem}",
                                 detail=getattr(exc, "detail", ""))
         return RestoreError(f"{what}.{where} Nothing was restored (one transaction): {ctx.info.describe()} "
-                            "is as it was, except for roles the restore created", detail=getattr(exc, "detail", ""))
+                            "is as it was", detail=getattr(exc, "detail", ""))
 
     # -- after_restore ------------------------------------------------------------------------
     def after_restore(self, conn: psycopg.Connection[Any], report: Report, ctx: LoadContext) -> None:

@@ -298,7 +298,7 @@ def test_runs_of_a_killed_command_are_settled_at_the_next_start(crm_db, make_set
     import json
     import sys
 
-    from bot.core.catalog import Catalog
+    from bot.core.catalog import Catalog, process_identity
     from bot.services import build_services
 
     settings = make_settings(crm_db)
@@ -309,19 +309,27 @@ def test_runs_of_a_killed_command_are_settled_at_the_next_start(crm_db, make_set
     done = subprocess.run([sys.executable, "-c", killed, str(settings.catalog_path)], capture_output=True)
     assert done.returncode == -9, done.stderr
     catalog = Catalog(settings.catalog_path)
-    # ... a run of a live process (this one), and one of a process on another host
-    live = catalog.start_run("verify", "prod", "bob", "cli")
-    foreign = catalog.start_run("drill", "prod", "carol", "cli")
-    catalog.db.execute("UPDATE runs SET details = ? WHERE id = ?",
-                       [json.dumps({"pid": 1, "host": "some-other-host"}), foreign])
+    # ... a run of a live process (this one), one of a process in another pid namespace (a
+    # container sharing the catalog: its pids mean nothing here), and one whose pid was recycled
+    me = process_identity()
+    assert me is not None
+    catalog.start_run("verify", "prod", "bob", "cli")
+    for kind, owner in (("drill", {**me, "pid": 999_999, "pidns": "pid:[1]"}),
+                        ("prune", {**me, "start": me["start"] - 1})):
+        run_id = catalog.start_run(kind, "prod", "carol", "cli")
+        catalog.db.execute("UPDATE runs SET details = ? WHERE id = ?", [json.dumps({"owner": owner}), run_id])
     catalog.db.conn.commit()
     # WHEN the next command starts
     build_services(settings)
-    # THEN only the killed process's run is settled, with the reason
+    # THEN the killed process's run and the recycled pid's run are settled, with the reason
     runs = {r["kind"]: r for r in Catalog(settings.catalog_path).runs()}
     assert runs["restore"]["status"] == "failed" and "is gone" in runs["restore"]["error"]
+    assert runs["prune"]["status"] == "failed"
+    # and the live one and the other namespace's are left alone
     assert runs["verify"]["status"] == "running" and runs["drill"]["status"] == "running"
-    assert live and foreign
+    # a run settled by mistake that then succeeds does not keep the reason
+    Catalog(settings.catalog_path).finish_run(runs["prune"]["id"], "ok")
+    assert Catalog(settings.catalog_path).runs(kind="prune")[0]["error"] is None
 
 
 FAIL_AT_ONCE = """#!/bin/sh
