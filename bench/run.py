@@ -280,8 +280,7 @@ class Bench:
     def settle(self, deadline_s: float = 60) -> None:
         """Start every contender from the same quiet state: the previous contender's dirty pages
         written out and a checkpoint done, so that nobody pays for somebody else's writeback (a
-        dropped 1 GB restore otherwise costs the next contender a forced checkpoint and seconds
-        of I/O)."""
+        restore leaves hundreds of MB of dirty pages behind: 0.8 GB seen in /proc/meminfo)."""
         self.cluster.execute("CHECKPOINT")
         os.sync()
         deadline = time.monotonic() + deadline_s

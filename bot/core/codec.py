@@ -201,16 +201,18 @@ class HashingReader:
             self.failure = exc
             raise
 
-    def stop(self) -> None:
-        """Stop prefetching (before the underlying file is closed)."""
-        if self._chunks is None:
-            return
-        self._stop.set()
-        while self._filler.is_alive():
-            try:
-                self._chunks.get(timeout=0.05)  # unblocks a filler waiting to put
-            except queue.Empty:
-                pass
+    def close(self) -> None:
+        """Stop prefetching, then close the stored copy's reader."""
+        if self._chunks is not None:
+            self._stop.set()
+            while self._filler.is_alive():
+                try:
+                    self._chunks.get(timeout=0.05)  # unblocks a filler waiting to put
+                except queue.Empty:
+                    pass
+        close = getattr(self.raw, "close", None)
+        if close:
+            close()
 
     def read(self, n: int = -1) -> bytes:
         # Serve from the current chunk; fetch the next one only when it is used up, keeping

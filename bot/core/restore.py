@@ -120,17 +120,20 @@ def pick_copy(backup: Backup, storages: Sequence[Storage]) -> list[Storage]:
     return sorted(usable, key=lambda s: 0 if s.name == "local" else 1)
 
 
+def _open_copy(backup: Backup, storage: Storage, *, prefetch: bool = False) -> HashingReader:
+    """A stored copy, checked against its recorded SHA-256 as it is read; close() it after."""
+    return HashingReader(storage.open_reader(backup.object_key), backup.sha256,
+                         f"the {storage.name} copy of {backup.id}", prefetch=prefetch)
+
+
 def precheck(backup: Backup, storage: Storage) -> None:
     """Read the whole copy once and compare its SHA-256 before anything is touched."""
-    reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
-                           f"the {storage.name} copy of {backup.id}")
+    reader = _open_copy(backup, storage)
     try:
         while reader.read(1 << 20):
             pass
     finally:
-        close = getattr(reader.raw, "close", None)
-        if close:
-            close()
+        reader.close()
 
 
 def _unpack_intact(backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
@@ -303,15 +306,16 @@ def restore(
                                        "(nothing was changed)")
                 say(f"{room.describe()}: loading from the stream in one transaction instead")
                 parallel = False
+        unpack = seekable_archive or parallel  # through a local copy, else streamed
         copies = pick_copy(backup, storages)
         storage = None
         errors: list[str] = []
         unreadable = 0  # copies that could not be read (as opposed to found corrupt or missing)
-        if (seekable_archive or parallel) and backup.encryption_key_id:
+        if unpack and backup.encryption_key_id:
             load_identities(identity_file)  # a missing key is ours to fix, not the copy's fault
         for candidate in copies:
             try:
-                if seekable_archive or parallel:
+                if unpack:
                     # Unpacking checks the checksum on the way: no separate reading pass.
                     try:
                         archive = _unpack_intact(backup, candidate, identity_file, temp_dir)
@@ -320,7 +324,7 @@ def restore(
                             raise
                         say(f"cannot unpack into {exc.where} ({exc.reason}): loading from the stream "
                             "in one transaction instead")
-                        parallel = False
+                        unpack = parallel = False
                         precheck(backup, candidate)
                 else:
                     precheck(backup, candidate)
@@ -424,11 +428,9 @@ def restore(
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"
         msg = (exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}") + left
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
-        if isinstance(exc, Exception) and left:
-            raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
-        if isinstance(exc, BackupbotError) or not isinstance(exc, Exception):
+        if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
             raise
-        raise RestoreError(f"restore of {backup.id} failed: {msg}") from exc
+        raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
     finally:
         if archive is not None:
             archive.remove()
@@ -551,8 +553,7 @@ class Spool:
         reader: HashingReader | None = None
         writer: ThreadedWriter | None = None
         try:
-            reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
-                                   f"the {storage.name} copy of {backup.id}", prefetch=True)
+            reader = _open_copy(backup, storage, prefetch=True)
             with os.fdopen(os.dup(fd), "wb") as f:
                 writer = ThreadedWriter(f)
                 try:
@@ -569,10 +570,7 @@ class Spool:
             raise
         finally:
             if reader is not None:
-                reader.stop()
-                close = getattr(reader.raw, "close", None)
-                if close:
-                    close()
+                reader.close()
         return cls(path, fd, size)
 
     def remove(self) -> None:
@@ -582,8 +580,7 @@ class Spool:
 
 def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
     """pg_restore --file=- fed by a stream of the stored copy (no local archive)."""
-    reader = HashingReader(ctx.storage.open_reader(ctx.backup.object_key), ctx.backup.sha256,
-                           f"the {ctx.storage.name} copy of {ctx.backup.id}")
+    reader = _open_copy(ctx.backup, ctx.storage)
     proc = Command("pg_restore", ctx.bindir).popen(args, None, stdin=subprocess.PIPE)
     out: list[bytes] = []
     # Read the SQL while the archive goes in, or both pipes fill up and block each other.
@@ -597,8 +594,7 @@ def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
 
 def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args: list[str],
                     info: ConnInfo, identity_file: Path | None, work_mem: str) -> None:
-    reader = HashingReader(storage.open_reader(backup.object_key), backup.sha256,
-                           f"the {storage.name} copy of {backup.id}")
+    reader = _open_copy(backup, storage)
     proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     _feed(reader, proc, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)
     proc.check_restore()
@@ -615,9 +611,7 @@ def _feed(reader: HashingReader, proc: RunningTool, *, encrypted: bool, identity
         proc.kill()
         raise
     finally:
-        close = getattr(reader.raw, "close", None)
-        if close:
-            close()
+        reader.close()
     sink.close()
 
 

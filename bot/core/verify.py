@@ -62,9 +62,7 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         lister.kill()
         raise
     finally:
-        close = getattr(raw, "close", None)
-        if close:
-            close()
+        reader.close()
     if reader.size != backup.size_bytes:
         return CopyCheck(storage.name, False, f"{what} has {reader.size} bytes, the catalog recorded {backup.size_bytes}")
     if code != 0:

@@ -17,7 +17,7 @@ from bot.errors import (
     StorageError,
     VersionMismatch,
 )
-from tests.fixtures.pg import PASSWORD, fake_bindir, query, table_checksums
+from tests.fixtures.pg import PASSWORD, big_table, fake_bindir, query, table_checksums
 
 KILL_AFTER_64K = """#!/usr/bin/env python3
 import os, signal, subprocess, sys
@@ -52,11 +52,6 @@ def _no_files(backup_dir: Path) -> None:
     assert leftovers == []
 
 
-def _big_table(url: str, mb: int = 3) -> None:
-    query(url, f"CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
-               f"FROM generate_series(1, {mb * 16000}) g")
-
-
 def test_wrong_password_is_one_clear_line_without_the_password(crm_db, make_services, tmp_path):
     from urllib.parse import quote
 
@@ -84,7 +79,7 @@ def test_unreachable_server_names_host_and_port(make_services, tmp_path):
 
 
 def test_pg_dump_killed_mid_stream_leaves_no_backup_and_no_partial_file(crm_db, make_services, tmp_path):
-    _big_table(crm_db)
+    big_table(crm_db)
     services = make_services(crm_db, PG_BINDIR=str(fake_bindir(tmp_path, {"pg_dump": KILL_AFTER_64K})))
     with pytest.raises(BackupbotError) as err:
         services.backup(actor="t", source="cli")
@@ -109,7 +104,7 @@ def test_disk_full_midway_removes_the_partial_file(crm_db, make_services, tmp_pa
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
     assert done.returncode == 0, f"this suite runs as root and needs tmpfs mounts: {done.stderr!r}"
     try:
-        _big_table(crm_db)
+        big_table(crm_db)
         services = make_services(crm_db, BACKUP_DIR=str(mount))
         with pytest.raises(StorageError) as err:
             services.backup(actor="t", source="cli")

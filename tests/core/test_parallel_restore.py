@@ -16,7 +16,7 @@ import zstandard
 from bot.core import restore as restore_mod
 from bot.core.restore import RestoreRequest
 from bot.errors import BackupbotError, ConfigError, RestoreError, StorageError
-from tests.fixtures.pg import fake_bindir, query, table_checksums
+from tests.fixtures.pg import big_table, fake_bindir, query, table_checksums
 
 # Records every call (one line per call, arguments joined by a tab) and, for a restore from a
 # file, that file's permission bits; then runs the real pg_restore.
@@ -64,6 +64,16 @@ def _recorded(crm_db, make_services, tmp_path: Path, jobs: str, temp_dir: Path |
 
 def _restore_calls(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "--dbname=" in line]
+
+
+def _reordering_restore(services, backup, crm_db: str, dbname: str, temp_dir: Path):
+    """A --to restore into a new, empty database that needs a seekable archive, as Supabase's does."""
+    dest = _url_for(crm_db, dbname)
+    query(_url_for(crm_db, "postgres"), f"CREATE DATABASE {dbname}")
+    return restore_mod.restore(
+        request=RestoreRequest(backup.id, mode="to", to_url=dest), backup=backup, dest_url=dest,
+        catalog=services.catalog, storages=services.storages, identity_file=None, bindir=None,
+        actor="t", source="cli", seekable_archive=True, temp_dir=temp_dir)
 
 
 def _tiny_tmpfs(path: Path, size: str) -> Path:
@@ -159,8 +169,7 @@ def _understated(services, backup, monkeypatch):
 
 def test_disk_full_while_unpacking_falls_back_to_streaming(crm_db, make_services, tmp_path, monkeypatch):
     # GIVEN a tiny temporary directory that the room check wrongly believes big enough
-    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
-                  "FROM generate_series(1, 48000) g")
+    big_table(crm_db)
     tiny = _tiny_tmpfs(tmp_path / "tiny", "256k")
     try:
         services = make_services(crm_db, RESTORE_JOBS="2", RESTORE_TEMP_DIR=str(tiny))
@@ -182,19 +191,14 @@ def test_disk_full_while_unpacking_falls_back_to_streaming(crm_db, make_services
 
 def test_disk_full_while_unpacking_for_a_reordering_restore_is_one_clear_line(crm_db, make_services, tmp_path,
                                                                                monkeypatch):
-    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS junk "
-                  "FROM generate_series(1, 48000) g")
+    big_table(crm_db)
     tiny = _tiny_tmpfs(tmp_path / "tiny", "256k")
     try:
         services = make_services(crm_db)
         backup = services.backup(actor="t", source="cli").backup
         _understated(services, backup, monkeypatch)
-        query(_url_for(crm_db, "postgres"), "CREATE DATABASE reorder_full")
         with pytest.raises(RestoreError) as err:
-            restore_mod.restore(
-                request=RestoreRequest(backup.id, mode="to", to_url=_url_for(crm_db, "reorder_full")), backup=backup,
-                dest_url=_url_for(crm_db, "reorder_full"), catalog=services.catalog, storages=services.storages,
-                identity_file=None, bindir=None, actor="t", source="cli", seekable_archive=True, temp_dir=tiny)
+            _reordering_restore(services, backup, crm_db, "reorder_full", tiny)
         assert "No space left on device" in err.value.message and "RESTORE_TEMP_DIR" in err.value.message
         assert "nothing was changed" in err.value.message
         assert list(tiny.iterdir()) == []
@@ -214,8 +218,7 @@ def _encrypted_services(crm_db, make_services, tmp_path, **extra):
 
 def test_corrupt_encrypted_local_copy_is_marked_and_the_s3_copy_used(crm_db, make_services, s3_bucket, tmp_path):
     # GIVEN an encrypted backup of several MiB (age then fails before the whole copy is hashed)
-    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g, decode(md5(g::text) || md5((g * 7)::text), 'hex') AS b "
-                  "FROM generate_series(1, 300000) g")
+    big_table(crm_db, mb=19)  # several MiB compressed: age fails before the whole copy is hashed
     services = _encrypted_services(crm_db, make_services, tmp_path, S3_BUCKET=s3_bucket.bucket,
                                    S3_ENDPOINT_URL=s3_bucket.endpoint_url or "", S3_REGION="us-east-1")
     backup = services.backup(actor="t", source="cli").backup
@@ -235,8 +238,7 @@ def test_corrupt_encrypted_local_copy_is_marked_and_the_s3_copy_used(crm_db, mak
 def test_a_read_failing_midway_is_not_blamed_on_the_key_or_the_copy(crm_db, make_services, tmp_path, monkeypatch):
     # GIVEN an encrypted backup whose stored copy can only be read part of the way, once (a
     # dropped connection)
-    query(crm_db, "CREATE TABLE crm.blobs AS SELECT g, decode(md5(g::text) || md5((g * 7)::text), 'hex') AS b "
-                  "FROM generate_series(1, 300000) g")
+    big_table(crm_db, mb=19)  # several MiB compressed: age fails before the whole copy is hashed
     services = _encrypted_services(crm_db, make_services, tmp_path)
     backup = services.backup(actor="t", source="cli").backup
     local = services.storages[0]
@@ -307,12 +309,8 @@ def test_a_restore_that_must_reorder_refuses_clearly_without_room(crm_db, make_s
     try:
         services = make_services(crm_db)
         backup = services.backup(actor="t", source="cli").backup
-        query(_url_for(crm_db, "postgres"), "CREATE DATABASE reorder_dest")
         with pytest.raises(RestoreError) as err:
-            restore_mod.restore(
-                request=RestoreRequest(backup.id, mode="to", to_url=_url_for(crm_db, "reorder_dest")), backup=backup,
-                dest_url=_url_for(crm_db, "reorder_dest"), catalog=services.catalog, storages=services.storages,
-                identity_file=None, bindir=None, actor="t", source="cli", seekable_archive=True, temp_dir=tiny)
+            _reordering_restore(services, backup, crm_db, "reorder_dest", tiny)
         assert str(tiny) in err.value.message and "RESTORE_TEMP_DIR" in err.value.message
         assert query(_url_for(crm_db, "reorder_dest"),
                      "SELECT count(*) FROM pg_tables WHERE schemaname = 'crm'") == [(0,)]
