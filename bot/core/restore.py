@@ -4,6 +4,7 @@ database, over the target in one transaction, or into another server; then verif
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bot.core import toc
+from bot.core import archive, toc
 from bot.core.catalog import Backup, Catalog
 from bot.core.codec import HashingReader, ProcessSink, ThreadedWriter, decode, load_identities
 from bot.core.inspect import inspect_database
@@ -38,6 +39,8 @@ from bot.core.storage.base import Storage
 from bot.core.verify import Check, Report, compare, verify_copy
 from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
 from bot.render.common import human_bytes
+
+log = logging.getLogger(__name__)
 
 MODES = ("into", "in-place", "to")
 _DBNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
@@ -528,6 +531,16 @@ class SpoolRoom:
                 f"which has {human_bytes(self.free)} free")
 
 
+def _fill_offsets(fd: int, finder: archive.BlockFinder, backup_id: str) -> None:
+    """Record the data offsets a piped pg_dump could not (see bot.core.archive): pg_restore then
+    seeks to each table's data instead of scanning for it. Only ever an optimisation."""
+    try:
+        filled = archive.fill_offsets(fd, finder)
+        log.debug("%s: data offsets recorded for %d archive entries", backup_id, filled)
+    except (archive.ArchiveFormatError, OSError) as exc:
+        log.debug("%s: data offsets left unset: %s", backup_id, exc)
+
+
 class Spool:
     """A decrypted, decompressed archive in a private temporary file (mode 0600), checksum checked
     on the way. It holds the database's data in clear: ``remove`` deletes it when the restore ends,
@@ -552,16 +565,19 @@ class Spool:
             pass
         reader: HashingReader | None = None
         writer: ThreadedWriter | None = None
+        finder = archive.BlockFinder()
         try:
             reader = _open_copy(backup, storage, prefetch=True)
             with os.fdopen(os.dup(fd), "wb") as f:
-                writer = ThreadedWriter(f)
+                writer = ThreadedWriter(f, observe=finder.feed)
                 try:
                     decode(reader, writer, encrypted=bool(backup.encryption_key_id),  # type: ignore[arg-type]
                            identity_file=identity_file)
                 finally:
                     writer.close()
                 size = f.tell()
+            if writer.observe_error is None:
+                _fill_offsets(fd, finder, backup.id)
         except BaseException:
             path.unlink(missing_ok=True)
             os.close(fd)

@@ -13,18 +13,19 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from bot.core import archive
 from bot.core import restore as restore_mod
 from bot.core.restore import RestoreRequest
 from bot.errors import BackupbotError, ConfigError, RestoreError, StorageError
 from tests.fixtures.pg import big_table, fake_bindir, query, table_checksums
 
 # Records every call (one line per call, arguments joined by a tab) and, for a restore from a
-# file, that file's permission bits; then runs the real pg_restore.
+# file, that file's permission bits and a copy of it; then runs the real pg_restore.
 RECORD_CALLS = """#!/bin/sh
 last=""
 for a in "$@"; do last="$a"; done
 mode=""
-if [ -f "$last" ]; then mode=$(stat -c %a "$last"); fi
+if [ -f "$last" ]; then mode=$(stat -c %a "$last"); cp "$last" "@LOG@.archive"; fi
 (IFS="$(printf '\\t')"; echo "$*	mode=$mode	tempdir=$(ls @TMP@ | tr '\\n' ' ')") >> "@LOG@"
 exec @REAL@/pg_restore "$@"
 """
@@ -96,6 +97,11 @@ def test_restore_into_loads_in_parallel_from_a_private_copy_that_is_removed(crm_
     assert "--jobs=2" in calls[0] and "--single-transaction" not in calls[0]
     assert "mode=600" in calls[0] and "backupbot-" in calls[0].split("tempdir=")[1]
     assert any("loading with 2 connections" in m for m in said), said
+    # AND the archive it read records where each table's data starts, as `pg_dump -f` would have
+    fd = os.open(log.with_name(log.name + ".archive"), os.O_RDONLY)
+    toc = archive.read_toc(fd)
+    os.close(fd)
+    assert toc.unset == [] and len(toc.offsets) >= 5, toc
     # AND the copy is identical and verified, and the unpacked archive is gone
     assert table_checksums(_url_for(crm_db, "par_copy")) == table_checksums(crm_db)
     assert outcome.report.ok, outcome.report.lines()
