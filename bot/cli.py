@@ -147,6 +147,21 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_rescan(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.render.backup import rescan_lines
+
+    result = _services(settings).rescan(dry_run=args.dry_run, actor=args.actor, source="cli")
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        for line in rescan_lines(result, settings.tz):
+            print(line)
+    if result.problems:
+        print(f"error: {len(result.problems)} problem(s) found while rescanning", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from bot.core.scheduler import next_backup_from_config
     from bot.core.status import gather_status
@@ -205,7 +220,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "backup": cmd_backup, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
-    "prune": cmd_prune, "demo": cmd_demo, "run": cmd_run, "status": cmd_status,
+    "prune": cmd_prune, "rescan": cmd_rescan, "demo": cmd_demo, "run": cmd_run, "status": cmd_status,
 }
 COMMANDS.update({"audit": cmd_audit, "restore-requests": cmd_restore_requests})
 COMMANDS.update(cli_schedules.COMMANDS)  # checklist, drill, schedule
@@ -245,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the retention policy")
     pr.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     pr.add_argument("--target")
+
+    rs = sub.add_parser("rescan", help="record backups the destinations hold but the catalog does not "
+                                       "(a lost or older catalog, a crash before recording)")
+    rs.add_argument("--dry-run", action="store_true", help="show what would be recorded")
+    rs.add_argument("--json", action="store_true", help="a JSON object")
 
     st = sub.add_parser("status", help="last good backup, next run, retention, storage, database size, alerts")
     st.add_argument("--target", help="only this target")

@@ -20,6 +20,7 @@ from bot.core import retention
 from bot.core.catalog import Backup, Catalog, parse_iso, utcnow
 from bot.core.dump import BackupOutcome, run_backup
 from bot.core.pgtools import ConnInfo
+from bot.core.rescan import RescanResult, rescan
 from bot.core.restore import (
     RestoreOutcome,
     RestoreRequest,
@@ -295,6 +296,17 @@ class Services:
                            details={"deleted": result.deleted, "errors": result.errors})
         if result.errors:
             self.emit("prune.failed", target=name, error="; ".join(result.errors.values()))
+        return result
+
+    def rescan(self, *, dry_run: bool, actor: str, source: str) -> RescanResult:
+        """Record the complete backups the destinations hold and the catalog lacks (bot.core.rescan)."""
+        result = rescan(self.catalog, self.storages, dry_run=dry_run)
+        if not dry_run:
+            self.catalog.audit("rescan", actor=actor, source=source, details={
+                "adopted": [a.backup_id for a in result.adopted],
+                "copies_added": [f"{i} ({d})" for i, d in result.copies_added],
+                "incomplete": [f"{d}: {k}" for d, k in result.incomplete],
+                "problems": [f"{d}: {p}" for d, p in result.problems]})
         return result
 
     def storage_usage(self) -> dict[str, dict[str, int | None]]:

@@ -22,7 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.core.redact import redact
-from bot.errors import NotFound
+from bot.errors import BackupbotError, NotFound
 
 
 def utcnow() -> datetime:
@@ -343,11 +343,20 @@ class Catalog:
 
     # -- backups ----------------------------------------------------------------------------
     def add_backup(self, row: dict[str, Any], copies: list[Copy]) -> None:
-        """Record a complete backup and its copies atomically."""
+        """Record a complete backup and its copies atomically. The same backup recorded already
+        (a rescan adopted it between its storing and this) is completed, not duplicated."""
         with self.tx() as db:
-            db.table("backups").insert(row)
+            before = list(db.execute("SELECT sha256 FROM backups WHERE id = ?", [row["id"]]).fetchall())
+            if before and before[0][0] != row["sha256"]:
+                raise BackupbotError(f"the catalog already holds a different backup with id {row['id']}")
+            db.table("backups").upsert(row, pk="id")
             for c in copies:
-                db.table("copies").insert({"backup_id": row["id"], **c.__dict__})
+                db.table("copies").upsert({"backup_id": row["id"], **c.__dict__}, pk=("backup_id", "destination"))
+
+    def add_copy(self, backup_id: str, copy: Copy) -> None:
+        """Record one more copy of a known backup."""
+        with self.tx() as db:
+            db.table("copies").insert({"backup_id": backup_id, **copy.__dict__})
 
     def get(self, backup_id: str) -> Backup:
         rows = list(self.db.query("SELECT * FROM backups WHERE id = ?", [backup_id]))

@@ -28,6 +28,7 @@ from bot.core.pgtools import (
     server_version,
 )
 from bot.core.redact import redact
+from bot.core.rescan import catalog_row
 from bot.core.storage.base import CopyWriter, Storage, StoredObject
 from bot.errors import BackupbotError, ConnectionFailed, DumpError, StorageError
 
@@ -249,15 +250,7 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                    stored_at=iso(finished)) for name, obj in stored.items()]
     copies += [Copy(destination=name, location="", status="failed", size_bytes=None, error=redact(err)[:2000])
                for name, err in failed.items() if name not in stored]
-    catalog.add_backup({
-        "id": backup_id, "target": target.name, "status": "complete", "kind": kind,
-        "tags": ",".join(sorted(tags)), "created_at": iso(started), "finished_at": iso(finished),
-        "duration_s": duration, "size_bytes": sink.size, "sha256": sha256,
-        "compression": "zstd", "encryption_key_id": manifest["encryption_key_id"],
-        "server_version": server_full, "pg_dump_version": dump_version, "database": facts["database"],
-        "profile": profile.name, "object_key": keys["dump"], "manifest": json.dumps(manifest),
-        "verify_status": "unverified", "run_id": run_id,
-    }, copies)
+    catalog.add_backup(catalog_row(manifest, run_id=run_id), copies)
     return BackupOutcome(catalog.get(backup_id), failed)
 
 

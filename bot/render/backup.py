@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.alerts import Alert
 from bot.core.catalog import Backup, parse_iso
+from bot.core.rescan import RescanResult
 from bot.core.status import StatusReport, TargetStatus
 from bot.render.common import (
     Block,
@@ -322,3 +323,19 @@ def recovery_message(alert: Alert, *, tz: ZoneInfo, backup: Backup | None = None
         section(f":white_check_mark: *Recovered:* `{escape(target)}` — {escape(what) if note else what}"),
         context(f"Was: {escape(title)} (alert #{alert.id}, open for {down})"),
     ])
+
+
+def rescan_lines(result: RescanResult, tz: ZoneInfo) -> list[str]:
+    """What `backupbot rescan` found, a line each; times in the configured zone."""
+    verb = "would adopt" if result.dry_run else "adopted"
+    lines = [f"{verb} {a.backup_id} (target {a.target}, {local_time(parse_iso(a.created_at), tz)}, "
+             f"{human_bytes(a.size_bytes)}) from {', '.join(a.destinations)}" for a in result.adopted]
+    lines += [f"{'would record' if result.dry_run else 'recorded'} the {d} copy of {i}" for i, d in result.copies_added]
+    lines += [f"left alone: {k} in {d} has no manifest (an interrupted backup, or a lost manifest)"
+              for d, k in result.incomplete]
+    lines += [f"problem: {d}: {p}" for d, p in result.problems]
+    if result.adopted or result.copies_added:
+        lines.append("adopted backups are unverified until `backupbot verify ID` has read them back")
+    elif not result.incomplete and not result.problems:
+        lines.append("the catalog already knows every backup the destinations hold")
+    return lines

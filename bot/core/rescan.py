@@ -1,0 +1,162 @@
+"""Adopt backups that the destinations hold but the catalog does not know.
+
+That happens when the catalog is lost (a new server, a fresh install pointed at the old bucket),
+when an older copy of the catalog is put back, and when a process dies between storing a backup
+and recording it. Without this the backups are still restorable by hand (README), but `list`,
+`restore`, `verify` and retention cannot see them.
+
+A backup's manifest is stored last, after its dump and its roles dump, so a manifest in a
+destination means the backup was complete there. For every manifest the catalog does not know,
+rescan checks that the dump and the roles dump are beside it and that the dump has the size the
+manifest says, then records the backup as complete and *unverified*: `backupbot verify ID` reads
+it back and checks its SHA-256. A dump without a manifest is reported, never adopted and never
+deleted: it may be what a failed run left, or a backup whose manifest was lost, and only a
+person can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.core.catalog import Catalog, Copy
+from bot.core.storage.base import Storage
+from bot.errors import BackupbotError
+
+MANIFEST_SUFFIX = ".manifest.json"
+_DUMP = re.compile(r"^(?P<base>.+)\.dump\.zst(\.age)?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def catalog_row(manifest: dict[str, Any], *, run_id: int | None) -> dict[str, Any]:
+    """The catalog's row for a complete backup, from its manifest (what a backup records, and
+    what rescan adopts)."""
+    return {
+        "id": manifest["id"], "target": manifest["target"], "status": "complete",
+        "kind": manifest.get("kind") or "manual", "tags": ",".join(sorted(manifest.get("tags") or [])),
+        "created_at": manifest["started_at"], "finished_at": manifest.get("finished_at"),
+        "duration_s": manifest.get("duration_s"), "size_bytes": manifest["size_bytes"],
+        "sha256": manifest["sha256"], "compression": "zstd",
+        "encryption_key_id": manifest.get("encryption_key_id"),
+        "server_version": manifest.get("server_version"), "pg_dump_version": manifest.get("pg_dump_version"),
+        "database": manifest.get("database"), "profile": (manifest.get("profile") or {}).get("name"),
+        "object_key": manifest["files"]["dump"], "manifest": json.dumps(manifest),
+        "verify_status": "unverified", "run_id": run_id,
+    }
+
+
+@dataclass
+class Adopted:
+    backup_id: str
+    target: str
+    created_at: str
+    size_bytes: int
+    destinations: list[str]
+
+
+@dataclass
+class RescanResult:
+    dry_run: bool
+    adopted: list[Adopted] = field(default_factory=list)  # (with dry_run: would be)
+    copies_added: list[tuple[str, str]] = field(default_factory=list)  # (backup id, destination)
+    incomplete: list[tuple[str, str]] = field(default_factory=list)  # (destination, dump key): no manifest
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (destination, what is wrong)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "adopted": [a.__dict__ for a in self.adopted],
+            "copies_added": [{"id": i, "destination": d} for i, d in self.copies_added],
+            "incomplete": [{"destination": d, "key": k} for d, k in self.incomplete],
+            "problems": [{"destination": d, "problem": p} for d, p in self.problems],
+        }
+
+
+def _read_manifest(storage: Storage, key: str) -> dict[str, Any]:
+    """The manifest at ``key``, checked enough to record; ValueError says what is wrong."""
+    try:
+        manifest = json.loads(storage.get_bytes(key))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{key} is not a readable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{key} is not a readable manifest")
+    backup_id = key.rsplit("/", 1)[-1][: -len(MANIFEST_SUFFIX)]
+    files = manifest.get("files")
+    problems = []
+    if manifest.get("id") != backup_id:
+        problems.append(f"its id is {manifest.get('id')!r}, not {backup_id!r}")
+    if not isinstance(files, dict) or files.get("manifest") != key or not files.get("dump") or not files.get("roles"):
+        problems.append("its file list does not match where it is stored")
+    if not _SHA256.match(str(manifest.get("sha256", ""))):
+        problems.append("it has no SHA-256")
+    if not isinstance(manifest.get("size_bytes"), int) or not manifest.get("target") or not manifest.get("started_at"):
+        problems.append("it lacks the size, target or start time")
+    if problems:
+        raise ValueError(f"{key}: " + "; ".join(problems))
+    return manifest
+
+
+def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool) -> RescanResult:
+    """Find complete backups in ``storages`` that ``catalog`` lacks (or lacks a copy of) and,
+    unless ``dry_run``, record them."""
+    result = RescanResult(dry_run)
+    known = {b.id: b for b in catalog.list(include_deleted=True)}
+    found: dict[str, tuple[dict[str, Any], list[Copy]]] = {}  # unknown backups: manifest, copies
+    for storage in storages:
+        try:
+            keys = storage.list_keys()
+        except BackupbotError as exc:
+            result.problems.append((storage.name, f"cannot list {storage.describe()}: {exc.message}"))
+            continue
+        present = set(keys)
+        for key in keys:
+            dump = _DUMP.match(key)
+            if dump and dump["base"] + MANIFEST_SUFFIX not in present:
+                if dump["base"].rsplit("/", 1)[-1] not in known:
+                    result.incomplete.append((storage.name, key))
+                continue
+            if not key.endswith(MANIFEST_SUFFIX):
+                continue
+            backup_id = key.rsplit("/", 1)[-1][: -len(MANIFEST_SUFFIX)]
+            old = known.get(backup_id)
+            if old is not None and (old.status == "deleted" or any(c.destination == storage.name for c in old.copies)):
+                continue  # recorded already (retention removes a deleted backup's files)
+            try:
+                manifest = _read_manifest(storage, key)
+                if old is not None and manifest["sha256"] != old.sha256:
+                    raise ValueError(f"{key} describes a different backup than the catalog's {backup_id}")
+                copy = _copy(storage, manifest)
+            except ValueError as exc:
+                result.problems.append((storage.name, str(exc)))
+                continue
+            except BackupbotError as exc:
+                result.problems.append((storage.name, f"{key}: {exc.message}"))
+                continue
+            if old is not None:
+                result.copies_added.append((backup_id, storage.name))
+                if not dry_run:
+                    catalog.add_copy(backup_id, copy)
+            elif backup_id in found and found[backup_id][0]["sha256"] != manifest["sha256"]:
+                result.problems.append((storage.name, f"{key} differs from the manifest of the same id elsewhere"))
+            else:
+                found.setdefault(backup_id, (manifest, []))[1].append(copy)
+    for backup_id, (manifest, copies) in sorted(found.items()):
+        result.adopted.append(Adopted(backup_id, manifest["target"], manifest["started_at"], manifest["size_bytes"],
+                                      [c.destination for c in copies]))
+        if not dry_run:
+            catalog.add_backup(catalog_row(manifest, run_id=None), copies)
+    return result
+
+
+def _copy(storage: Storage, manifest: dict[str, Any]) -> Copy:
+    """The copy row for a backup's files in ``storage``; ValueError if they are not all there."""
+    files = manifest["files"]
+    dump = storage.stat(files["dump"])
+    if dump is None or storage.stat(files["roles"]) is None:
+        raise ValueError(f"{files['manifest']}: its dump or roles dump is missing")
+    if dump.size != manifest["size_bytes"]:
+        raise ValueError(f"{files['dump']} has {dump.size} bytes, its manifest says {manifest['size_bytes']}")
+    return Copy(destination=storage.name, location=dump.location, status="stored", size_bytes=dump.size,
+                stored_at=manifest.get("finished_at"))

@@ -1,0 +1,149 @@
+"""`backupbot rescan`: backups the destinations hold but the catalog lacks are recorded again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.core.catalog import Catalog
+from bot.core.restore import RestoreRequest
+from bot.errors import BackupbotError
+from tests.fixtures.pg import table_checksums
+
+
+def _s3(s3_bucket) -> dict[str, str]:
+    return {"S3_BUCKET": s3_bucket.bucket, "S3_ENDPOINT_URL": s3_bucket.endpoint_url or "", "S3_REGION": "us-east-1"}
+
+
+def _listed(services) -> dict[str, dict]:
+    """What `list --json` shows of each backup, minus what a rescan cannot know."""
+    out = {}
+    for b in services.list_backups():
+        row = b.as_json()
+        row.pop("verify_status"), row.pop("verified_at")
+        row["copies"] = sorted((c["destination"], c["status"], c["size_bytes"], c["location"]) for c in row["copies"])
+        out[b.id] = row
+    return out
+
+
+def test_a_lost_catalog_is_rebuilt_from_local_and_s3(crm_db, make_services, s3_bucket, tmp_path):
+    # GIVEN two backups stored locally and in S3, then the catalog lost
+    services = make_services(crm_db, **_s3(s3_bucket))
+    ids = [services.backup(actor="t", source="cli").backup.id for _ in range(2)]
+    before = _listed(services)
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "new-catalog.db"), **_s3(s3_bucket))
+    assert fresh.list_backups() == []
+    # WHEN rescanning with --dry-run, THEN it says what it would record and records nothing
+    dry = fresh.rescan(dry_run=True, actor="t", source="cli")
+    assert sorted(a.backup_id for a in dry.adopted) == sorted(ids)
+    assert all(sorted(a.destinations) == ["local", "s3"] for a in dry.adopted)
+    assert fresh.list_backups() == []
+    # WHEN rescanning for real
+    result = fresh.rescan(dry_run=False, actor="t", source="cli")
+    # THEN both backups are listed as they were, with both copies, but unverified
+    assert not result.problems and not result.incomplete
+    assert _listed(fresh) == before
+    assert {b.verify_status for b in fresh.list_backups()} == {"unverified"}
+    # AND they verify and restore like any other, and the rescan is in the audit log
+    assert all(r.ok for r in fresh.verify(ids[0], actor="t", source="cli"))
+    outcome, _ = fresh.restore(RestoreRequest(ids[1], mode="into", into="after_rescan"), actor="t", source="cli")
+    assert outcome.report.ok and table_checksums(crm_db.rsplit("/", 1)[0] + "/after_rescan") == table_checksums(crm_db)
+    assert fresh.catalog.audit_events(action="rescan")[0]["actor"] == "t"
+    # AND a second rescan finds nothing new
+    again = fresh.rescan(dry_run=False, actor="t", source="cli")
+    assert again.adopted == [] and again.copies_added == []
+
+
+def test_a_crash_between_storing_and_recording_is_recovered(crm_db, make_services, monkeypatch):
+    # GIVEN a backup whose process dies after storing its files, before the catalog records it
+    services = make_services(crm_db)
+
+    def crash(*_args, **_kwargs):
+        raise KeyboardInterrupt  # as good as a kill for what it leaves behind
+
+    monkeypatch.setattr(services.catalog, "add_backup", crash)
+    with pytest.raises(KeyboardInterrupt):
+        services.backup(actor="t", source="cli")
+    monkeypatch.undo()
+    assert services.list_backups() == []
+    # WHEN rescanning
+    result = services.rescan(dry_run=False, actor="t", source="cli")
+    # THEN the complete backup is listed and restorable
+    assert len(result.adopted) == 1 and result.adopted[0].destinations == ["local"]
+    backup = services.list_backups()[0]
+    assert all(r.ok for r in services.verify(backup.id, actor="t", source="cli"))
+
+
+def test_a_copy_the_catalog_lost_is_recorded_for_a_known_backup(crm_db, make_services, s3_bucket):
+    # GIVEN a backup in local and S3 whose S3 copy the catalog no longer has (an older catalog)
+    services = make_services(crm_db, **_s3(s3_bucket))
+    backup = services.backup(actor="t", source="cli").backup
+    with services.catalog.tx() as db:
+        db.execute("DELETE FROM copies WHERE backup_id = ? AND destination = 's3'", [backup.id])
+    # WHEN rescanning
+    result = services.rescan(dry_run=False, actor="t", source="cli")
+    # THEN the copy is recorded again, and nothing else changes
+    assert result.copies_added == [(backup.id, "s3")] and result.adopted == []
+    assert sorted(c.destination for c in services.get_backup(backup.id).copies) == ["local", "s3"]
+
+
+def _cli(tmp_path: Path, crm_db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": crm_db, "BACKUP_DIR": str(tmp_path / "backups"),
+           "BACKUPBOT_DB": str(tmp_path / "cli-catalog.db"), "BACKUP_TARGET": "prod", "BACKUP_TIMEZONE": "Europe/Paris"}
+    return subprocess.run([sys.executable, "-m", "bot", "rescan", *args], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+def test_leftovers_and_damaged_backups_are_reported_and_never_adopted(crm_db, make_services, tmp_path):
+    # GIVEN a good backup, a dump without its manifest, one whose dump is cut short and one
+    # whose manifest is not JSON, and an empty catalog
+    services = make_services(crm_db)
+    good, cut, garbled = (services.backup(actor="t", source="cli").backup for _ in range(3))
+    prod = tmp_path / "backups" / "prod"
+    (prod / "prod-20200101-000000-dead.dump.zst").write_bytes(b"half a dump")
+    dump = prod / f"{cut.id}.dump.zst"
+    dump.write_bytes(dump.read_bytes()[:-10])
+    (prod / f"{garbled.id}.manifest.json").write_text("{not json")
+    files = sorted(p.name for p in prod.iterdir())
+    # WHEN rescanning into a new catalog from the CLI
+    out = _cli(tmp_path, crm_db)
+    # THEN the good one is adopted, the others are named with what is wrong, and exit status is 1
+    assert out.returncode == 1, out.stderr
+    adopted = [line for line in out.stdout.splitlines() if line.startswith(f"adopted {good.id} (target prod, ")]
+    assert len(adopted) == 1 and " CET, " in adopted[0], out.stdout  # shown in the configured zone
+    assert "left alone: prod/prod-20200101-000000-dead.dump.zst in local has no manifest" in out.stdout
+    assert f"problem: local: prod/{cut.id}.dump.zst has " in out.stdout
+    assert f"problem: local: prod/{garbled.id}.manifest.json is not a readable manifest" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "error: 2 problem(s) found while rescanning"
+    # AND nothing was deleted, and only the good backup is in the catalog
+    assert sorted(p.name for p in prod.iterdir()) == files
+    listed = Catalog(tmp_path / "cli-catalog.db").list()
+    assert [b.id for b in listed] == [good.id]
+    # AND --json says the same to scripts
+    rows = json.loads(_cli(tmp_path, crm_db, "--json", "--dry-run").stdout)
+    assert rows["adopted"] == [] and {p["problem"].split(" ")[0] for p in rows["problems"]} == {
+        f"prod/{cut.id}.dump.zst", f"prod/{garbled.id}.manifest.json"}
+
+
+def test_recording_a_backup_a_rescan_adopted_first_completes_it(tmp_path):
+    # GIVEN a backup that a rescan recorded while its own run was about to record it
+    catalog = Catalog(tmp_path / "c.db")
+    catalog.migrate()
+    row = {"id": "b1", "target": "prod", "status": "complete", "kind": "manual", "tags": "", "created_at": "2026-11-29T01:00:00Z",
+           "size_bytes": 10, "sha256": "a" * 64, "compression": "zstd", "object_key": "prod/b1.dump.zst", "manifest": "{}",
+           "verify_status": "unverified", "run_id": None}
+    from bot.core.catalog import Copy
+
+    copy = Copy(destination="local", location="/x", status="stored", size_bytes=10)
+    catalog.add_backup(row, [copy])
+    # WHEN the run records it too, THEN there is one backup, with the run's details
+    catalog.add_backup({**row, "run_id": 7}, [copy])
+    assert [b.id for b in catalog.list()] == ["b1"] and len(catalog.get("b1").copies) == 1
+    # BUT a different backup under the same id is refused
+    with pytest.raises(BackupbotError, match="different backup with id b1"):
+        catalog.add_backup({**row, "sha256": "b" * 64}, [copy])
