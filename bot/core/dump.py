@@ -250,7 +250,12 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                    stored_at=iso(finished)) for name, obj in stored.items()]
     copies += [Copy(destination=name, location="", status="failed", size_bytes=None, error=redact(err)[:2000])
                for name, err in failed.items() if name not in stored]
-    catalog.add_backup(catalog_row(manifest, run_id=run_id), copies)
+    try:
+        catalog.add_backup(catalog_row(manifest, run_id=run_id), copies)
+    except Exception as exc:  # the files are complete: say how to get them recorded
+        why = exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}"
+        raise DumpError(f"backup {backup_id} is stored ({', '.join(stored)}) but the catalog could not record it "
+                        f"({why}); once the catalog is writable again, `backupbot rescan` records it") from exc
     return BackupOutcome(catalog.get(backup_id), failed)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,25 @@ def test_a_crash_between_storing_and_recording_is_recovered(crm_db, make_service
     assert len(result.adopted) == 1 and result.adopted[0].destinations == ["local"]
     backup = services.list_backups()[0]
     assert all(r.ok for r in services.verify(backup.id, actor="t", source="cli"))
+
+
+def test_a_catalog_that_cannot_record_a_stored_backup_says_how_to_recover(crm_db, make_services, monkeypatch):
+    # GIVEN a catalog that fails when the backup, already stored, is to be recorded
+    services = make_services(crm_db)
+
+    def full(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(services.catalog, "add_backup", full)
+    # WHEN backing up, THEN one clear line says the backup is stored and how to record it
+    with pytest.raises(BackupbotError) as err:
+        services.backup(actor="t", source="cli")
+    assert "is stored (local) but the catalog could not record it (OperationalError: database or disk is full)" \
+        in err.value.message and "`backupbot rescan` records it" in err.value.message
+    # AND the run is marked failed with that line, and rescan then records the backup
+    monkeypatch.undo()
+    assert services.catalog.runs(kind="backup")[0]["error"] == err.value.message
+    assert len(services.rescan(dry_run=False, actor="t", source="cli").adopted) == 1
 
 
 def test_a_copy_the_catalog_lost_is_recorded_for_a_known_backup(crm_db, make_services, s3_bucket):
