@@ -20,7 +20,8 @@ from bot.core import retention
 from bot.core.catalog import Backup, Catalog, parse_iso, utcnow
 from bot.core.dump import BackupOutcome, run_backup
 from bot.core.pgtools import ConnInfo
-from bot.core.rescan import RescanResult, rescan
+from bot.core.redact import redact
+from bot.core.rescan import RESCANNED_TAG, RescanResult, rescan
 from bot.core.restore import (
     RestoreOutcome,
     RestoreRequest,
@@ -134,8 +135,11 @@ class Services:
             outcome = run_backup(self.settings, t, self.catalog, self.storages, actor=actor, source=source,
                                  kind=kind, tags=tags, progress=progress)
         except BackupbotError as exc:
-            self.catalog.audit("backup.failed", actor=actor, source=source, target=t.name,
-                               details={"error": exc.message})
+            try:
+                self.catalog.audit("backup.failed", actor=actor, source=source, target=t.name,
+                                   details={"error": exc.message})
+            except Exception as audit_exc:  # a catalog that cannot write must not hide why the backup failed
+                log.error("could not record the failed backup of %s in the audit log: %s", t.name, redact(audit_exc))
             self.emit("backup.failed", target=t.name, error=exc.message, detail=exc.detail, kind=kind)
             raise
         self.catalog.audit("backup.done", actor=actor, source=source, target=t.name, backup_id=outcome.backup.id,
@@ -264,12 +268,16 @@ class Services:
                                           b.verified and any(c.status == "stored" for c in b.copies), b.tags)
                       for b in backups]
         decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
-        busy = self.catalog.in_use()
-        if busy & set(decision.delete):  # a restore is reading (or waiting to read) these
+        held = {i: "in use by a restore" for i in self.catalog.in_use()}  # being read, or waiting to be
+        # Found again by a rescan: what made it worth keeping (say, the newest verified ones) was
+        # lost with the catalog, so it stays until a verify has vouched for it again.
+        held.update({b.id: "recorded by rescan, not verified since" for b in backups
+                     if RESCANNED_TAG in b.tags and b.verify_status == "unverified"})
+        if held.keys() & set(decision.delete):
             keep = dict(decision.keep)
-            for backup_id in busy & set(decision.delete):
-                keep[backup_id] = ["in use by a restore"]
-            decision = retention.Decision(keep=keep, delete=[i for i in decision.delete if i not in busy])
+            for backup_id in held.keys() & set(decision.delete):
+                keep[backup_id] = [held[backup_id]]
+            decision = retention.Decision(keep=keep, delete=[i for i in decision.delete if i not in held])
         result = PruneResult(name, decision, dry_run=dry_run)
         if dry_run or not decision.delete:
             return result
@@ -300,7 +308,7 @@ class Services:
 
     def rescan(self, *, dry_run: bool, actor: str, source: str) -> RescanResult:
         """Record the complete backups the destinations hold and the catalog lacks (bot.core.rescan)."""
-        result = rescan(self.catalog, self.storages, dry_run=dry_run)
+        result = rescan(self.catalog, self.storages, dry_run=dry_run, targets=set(self.settings.targets))
         if not dry_run:
             self.catalog.audit("rescan", actor=actor, source=source, details={
                 "adopted": [a.backup_id for a in result.adopted],

@@ -24,12 +24,15 @@ understand. pg_restore itself checks the block id it finds at every offset.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAGIC = b"PGDMP"
 ARCH_CUSTOM = 1
 K_OFFSET_POS_NOT_SET = 1
 K_OFFSET_POS_SET = 2
+K_OFFSET_NO_DATA = 3
+OFFSET_STATES = (K_OFFSET_POS_NOT_SET, K_OFFSET_POS_SET, K_OFFSET_NO_DATA)
 BLK_DATA = 1
 BLK_BLOBS = 3
 BLOCK_TYPES = (BLK_DATA, BLK_BLOBS)
@@ -72,20 +75,25 @@ class ArchiveToc:
         return {e.dump_id: e.offset for e in self.entries if e.state == K_OFFSET_POS_SET}
 
 
-class _Reader:
-    """Sequential reads from a file descriptor with the position kept, for the TOC."""
+class Truncated(ArchiveFormatError):
+    """The bytes end inside the header or table of contents."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+
+class _Reader:
+    """Sequential reads with the position kept, for the TOC; ``read_at(pos, n)`` returns up to n
+    bytes at pos (fewer only at the end)."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes]) -> None:
+        self.read_at = read_at
         self.pos = 0
         self._buf = b""
         self._at = 0  # index of pos in _buf
 
     def take(self, n: int) -> bytes:
         while len(self._buf) - self._at < n:
-            more = os.pread(self.fd, max(1 << 16, n), self.pos + len(self._buf) - self._at)
+            more = self.read_at(self.pos + len(self._buf) - self._at, max(1 << 16, n))
             if not more:
-                raise ArchiveFormatError("the archive ends inside its table of contents")
+                raise Truncated("the archive ends inside its table of contents")
             self._buf = self._buf[self._at:] + more
             self._at = 0
         out = self._buf[self._at:self._at + n]
@@ -109,9 +117,14 @@ class _Reader:
 
 
 def read_toc(fd: int) -> ArchiveToc:
-    """Parse the header and TOC of the custom archive in ``fd`` (layout: pg_backup_archiver.c,
-    ReadHead and ReadToc; pg_backup_custom.c, _ReadExtraToc)."""
-    r = _Reader(fd)
+    """Parse the header and TOC of the custom archive in ``fd``."""
+    return parse_toc(lambda pos, n: os.pread(fd, n, pos))
+
+
+def parse_toc(read_at: Callable[[int, int], bytes]) -> ArchiveToc:
+    """Parse an archive's header and TOC (layout: pg_backup_archiver.c, ReadHead and ReadToc;
+    pg_backup_custom.c, _ReadExtraToc)."""
+    r = _Reader(read_at)
     if r.take(len(MAGIC)) != MAGIC:
         raise ArchiveFormatError("not a pg_dump custom archive")
     vmaj, vmin, _vrev = r.take(3)
@@ -149,47 +162,103 @@ def read_toc(fd: int) -> ArchiveToc:
         field_pos = r.pos
         state = r.byte()
         offset = int.from_bytes(r.take(off_size), "little")
+        if state not in OFFSET_STATES or (state != K_OFFSET_POS_SET and offset != 0):
+            raise ArchiveFormatError(f"unexpected data position for entry {dump_id}")
         entries.append(TocSlot(dump_id, desc, state, offset, field_pos))
     return ArchiveToc(off_size, r.pos, tuple(entries))
 
 
 class BlockFinder:
-    """Fed an archive's bytes in order (any chunk sizes), notes every place where a block seems
-    to start: ``seen[dump_id]`` lists the candidate positions of that entry's block."""
+    """Fed an archive's bytes in order (any chunk sizes), notes where the blocks of the entries
+    whose position is not set seem to start: ``seen[dump_id]``, at most two places each (two
+    already means "not sure"). It reads the TOC from the first bytes, so it looks only for those
+    entries and only for the block types they can have; ``failed`` says why it stopped looking."""
+
+    HEAD_LIMIT = 64 << 20  # a TOC bigger than this is not waited for
 
     def __init__(self) -> None:
         self.pos = 0  # bytes fed so far
         self.seen: dict[int, list[int]] = {}
+        self.failed: str | None = None
+        self._head: list[bytes] | None = []  # the bytes so far, until the TOC could be read
+        self._next_try = 1 << 16  # head size at which to try reading the TOC (doubling: linear cost)
+        self._wanted: set[int] = set()
+        self._marks: tuple[bytes, ...] = ()
         self._tail = b""  # the last HEAD_LEN - 1 bytes: a block start may straddle two chunks
 
+    def _start(self, final: bool = False) -> None:
+        """Read the TOC from the first bytes, then scan what came after it."""
+        assert self._head is not None
+        data = b"".join(self._head)
+        try:
+            toc = parse_toc(lambda pos, n: data[pos:pos + n])
+        except Truncated:
+            if final or len(data) > self.HEAD_LIMIT:
+                self._stop("its table of contents could not be read in full")
+            else:
+                self._head = [data]
+            return
+        except ArchiveFormatError as exc:
+            self._stop(str(exc))
+            return
+        self._head = None
+        unset = toc.unset
+        self._wanted = {e.dump_id for e in unset}
+        kinds = {BLK_BLOBS if e.desc == "BLOBS" else BLK_DATA for e in unset}
+        self._marks = tuple(END_MARK + bytes([k, 0]) for k in sorted(kinds))
+        # From the end mark that may precede the first block; the TOC itself is never scanned.
+        start = max(0, toc.data_start - len(END_MARK))
+        self._scan(data[start:], start, len(data) - start - (HEAD_LEN - 1))
+        self._tail = data[-(HEAD_LEN - 1):]
+
+    def finish(self) -> None:
+        """The end of the archive: a TOC still being waited for is read now."""
+        if self._head is not None:
+            self._start(final=True)
+
+    def _stop(self, why: str) -> None:
+        self.failed, self._head, self._marks = why, None, ()
+
     def _scan(self, data: bytes, base: int, limit: int) -> None:
-        """Record marks in ``data`` starting before index ``limit``; ``base``: position of data[0]."""
-        find = data.find
-        i = find(END_MARK)
-        while 0 <= i < limit:
-            head = data[i + len(END_MARK):i + HEAD_LEN]
-            if len(head) == HEAD_LEN - len(END_MARK) and head[0] in BLOCK_TYPES and head[1] == 0:
-                dump_id = int.from_bytes(head[2:], "little")
-                self.seen.setdefault(dump_id, []).append(base + i + len(END_MARK))
-            i = find(END_MARK, i + 1)
+        """Record block starts whose head begins before index ``limit``; data[0] is at ``base``."""
+        for mark in self._marks:
+            i = data.find(mark)
+            while 0 <= i < limit:
+                dump_id = int.from_bytes(data[i + len(mark):i + HEAD_LEN], "little")
+                if len(data) >= i + HEAD_LEN and dump_id in self._wanted:
+                    spots = self.seen.setdefault(dump_id, [])
+                    if len(spots) < 2:
+                        spots.append(base + i + len(END_MARK))
+                i = data.find(mark, i + 1)
 
     def feed(self, chunk: bytes) -> None:
-        if not chunk:
+        if self.failed or not chunk:
+            self.pos += len(chunk)
             return
+        self.pos += len(chunk)
+        if self._head is not None:
+            self._head.append(chunk)
+            if self.pos >= self._next_try:
+                self._next_try *= 2
+                self._start()
+            return
+        base = self.pos - len(chunk)
         if self._tail:  # a start straddling the previous chunk and this one
             joined = self._tail + chunk[:HEAD_LEN - 1]
-            self._scan(joined, self.pos - len(self._tail), len(self._tail))
+            self._scan(joined, base - len(self._tail), len(self._tail))
         # Complete heads only: one that starts in the last HEAD_LEN - 1 bytes is found next time.
-        self._scan(chunk, self.pos, len(chunk) - (HEAD_LEN - 1))
+        self._scan(chunk, base, len(chunk) - (HEAD_LEN - 1))
         keep = HEAD_LEN - 1
         self._tail = chunk[-keep:] if len(chunk) >= keep else (self._tail + chunk)[-keep:]
-        self.pos += len(chunk)
 
 
 def fill_offsets(fd: int, finder: BlockFinder) -> int:
     """Write into the archive's TOC the data positions ``finder`` saw (see the module's notes) and
     return how many entries got one: all that lacked one, or none when any is in doubt (not seen,
     seen twice, out of order), leaving the file as it was."""
+    finder.finish()
+    if finder.failed:
+        raise ArchiveFormatError(finder.failed)
     toc = read_toc(fd)
     unset = toc.unset
     if not unset:

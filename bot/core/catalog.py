@@ -353,10 +353,21 @@ class Catalog:
             for c in copies:
                 db.table("copies").upsert({"backup_id": row["id"], **c.__dict__}, pk=("backup_id", "destination"))
 
-    def add_copy(self, backup_id: str, copy: Copy) -> None:
-        """Record one more copy of a known backup."""
+    def adopt_backup(self, row: dict[str, Any], copies: list[Copy]) -> bool:
+        """Record a backup found in storage unless the catalog has it by now; True if recorded."""
         with self.tx() as db:
-            db.table("copies").insert({"backup_id": backup_id, **copy.__dict__})
+            if list(db.execute("SELECT 1 FROM backups WHERE id = ?", [row["id"]]).fetchall()):
+                return False
+            db.table("backups").insert(row)
+            for c in copies:
+                db.table("copies").insert({"backup_id": row["id"], **c.__dict__})
+        return True
+
+    def add_copy(self, backup_id: str, copy: Copy) -> bool:
+        """Record one more copy of a known backup, unless one is recorded there by now."""
+        with self.tx() as db:
+            db.table("copies").insert({"backup_id": backup_id, **copy.__dict__}, ignore=True)
+            return bool(db.execute("SELECT changes()").fetchone()[0])
 
     def get(self, backup_id: str) -> Backup:
         rows = list(self.db.query("SELECT * FROM backups WHERE id = ?", [backup_id]))

@@ -4,6 +4,7 @@ SHA-256 to every destination; the catalog sees the backup only once it is comple
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
@@ -29,26 +30,17 @@ from bot.core.pgtools import (
 )
 from bot.core.redact import redact
 from bot.core.rescan import catalog_row
-from bot.core.storage.base import CopyWriter, Storage, StoredObject
+from bot.core.storage.base import CopyWriter, Storage, StoredObject, object_keys
 from bot.errors import BackupbotError, ConnectionFailed, DumpError, StorageError
 
 MANIFEST_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def new_backup_id(target: str, now: datetime) -> str:
     safe = re.sub(r"[^a-z0-9_-]+", "-", target.lower()).strip("-") or "db"
     return f"{safe}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def object_keys(target: str, backup_id: str, encrypted: bool) -> dict[str, str]:
-    """Where a backup's files live in every destination."""
-    suffix = ".age" if encrypted else ""
-    base = f"{target}/{backup_id}"
-    return {
-        "dump": f"{base}.dump.zst{suffix}",
-        "manifest": f"{base}.manifest.json",
-        "roles": f"{base}.roles.sql{suffix}",
-    }
 
 
 @dataclass
@@ -72,17 +64,24 @@ def run_backup(
     """Take one backup of ``target``. Every attempt is a run in the catalog; only a complete
     backup (stored somewhere, checksum recorded) becomes a backup row."""
     run_id = catalog.start_run("backup", target.name, actor, source, {"kind": kind})
+
+    def failed(message: str) -> None:
+        try:
+            catalog.finish_run(run_id, "failed", error=message)
+        except Exception as exc:  # the catalog cannot write (locked, disk full): keep the real reason
+            log.error("could not mark backup run %s failed: %s", run_id, redact(exc))
+
     try:
         outcome = _backup(settings, target, catalog, storages, run_id, kind, tags, progress)
     except BackupbotError as exc:
-        catalog.finish_run(run_id, "failed", error=exc.message)
+        failed(exc.message)
         raise
     except Exception as exc:  # a bug or an unexpected library error: still one clear line
         err = DumpError(f"backup of {target.name} failed: {type(exc).__name__}: {redact(exc)}")
-        catalog.finish_run(run_id, "failed", error=err.message)
+        failed(err.message)
         raise err from exc
     except BaseException:  # Ctrl-C, SystemExit: the run ends here too, never left 'running'
-        catalog.finish_run(run_id, "failed", error="interrupted before the backup completed")
+        failed("interrupted before the backup completed")
         raise
     status = "partial" if outcome.failed_copies else "ok"
     catalog.finish_run(run_id, status, backup_id=outcome.backup.id,
@@ -252,10 +251,13 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
                for name, err in failed.items() if name not in stored]
     try:
         catalog.add_backup(catalog_row(manifest, run_id=run_id), copies)
+    except BackupbotError as exc:  # the id is taken by a different backup: nothing to rescan
+        raise DumpError(f"backup {backup_id} is stored ({', '.join(stored)}) but cannot be recorded: "
+                        f"{exc.message}") from exc
     except Exception as exc:  # the files are complete: say how to get them recorded
-        why = exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}"
         raise DumpError(f"backup {backup_id} is stored ({', '.join(stored)}) but the catalog could not record it "
-                        f"({why}); once the catalog is writable again, `backupbot rescan` records it") from exc
+                        f"({type(exc).__name__}: {redact(exc)}); once the catalog is writable again, "
+                        "`backupbot rescan` records it") from exc
     return BackupOutcome(catalog.get(backup_id), failed)
 
 

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from bot.core.catalog import Catalog, Copy
-from bot.core.storage.base import Storage
+from bot.core.catalog import Catalog, Copy, parse_iso
+from bot.core.redact import redact
+from bot.core.storage.base import Storage, object_keys
 from bot.errors import BackupbotError
 
 MANIFEST_SUFFIX = ".manifest.json"
-_DUMP = re.compile(r"^(?P<base>.+)\.dump\.zst(\.age)?$")
+RESCANNED_TAG = "rescanned"  # retention keeps such a backup until it has been verified
+_KEY = re.compile(r"^(?P<target>[^/]+)/(?P<id>[^/]+?)\.(?P<kind>manifest\.json|dump\.zst(?:\.age)?|roles\.sql(?:\.age)?)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,6 +67,7 @@ class RescanResult:
     copies_added: list[tuple[str, str]] = field(default_factory=list)  # (backup id, destination)
     incomplete: list[tuple[str, str]] = field(default_factory=list)  # (destination, dump key): no manifest
     problems: list[tuple[str, str]] = field(default_factory=list)  # (destination, what is wrong)
+    other_targets: set[str] = field(default_factory=set)  # manifests of targets not configured here
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -71,36 +76,43 @@ class RescanResult:
             "copies_added": [{"id": i, "destination": d} for i, d in self.copies_added],
             "incomplete": [{"destination": d, "key": k} for d, k in self.incomplete],
             "problems": [{"destination": d, "problem": p} for d, p in self.problems],
+            "other_targets": sorted(self.other_targets),
         }
 
 
-def _read_manifest(storage: Storage, key: str) -> dict[str, Any]:
-    """The manifest at ``key``, checked enough to record; ValueError says what is wrong."""
+def _read_manifest(storage: Storage, key: str, backup_id: str, target: str) -> dict[str, Any]:
+    """The manifest at ``key`` (``target/backup_id.manifest.json``), checked enough to record;
+    ValueError says what is wrong."""
     try:
         manifest = json.loads(storage.get_bytes(key))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{key} is not a readable manifest ({exc})") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{key} is not a readable manifest")
-    backup_id = key.rsplit("/", 1)[-1][: -len(MANIFEST_SUFFIX)]
-    files = manifest.get("files")
     problems = []
-    if manifest.get("id") != backup_id:
-        problems.append(f"its id is {manifest.get('id')!r}, not {backup_id!r}")
-    if not isinstance(files, dict) or files.get("manifest") != key or not files.get("dump") or not files.get("roles"):
-        problems.append("its file list does not match where it is stored")
+    if manifest.get("id") != backup_id or manifest.get("target") != target:
+        problems.append(f"it names {manifest.get('target')!r}/{manifest.get('id')!r}, not where it is stored")
+    # Only the files a backup of that id writes: retention deletes what the manifest lists.
+    elif manifest.get("files") != object_keys(target, backup_id, bool(manifest.get("encryption_key_id"))):
+        problems.append("its file list is not that of a backup with this id")
     if not _SHA256.match(str(manifest.get("sha256", ""))):
         problems.append("it has no SHA-256")
-    if not isinstance(manifest.get("size_bytes"), int) or not manifest.get("target") or not manifest.get("started_at"):
-        problems.append("it lacks the size, target or start time")
+    if not isinstance(manifest.get("size_bytes"), int):
+        problems.append("it has no size")
+    try:
+        if parse_iso(manifest.get("started_at")) is None:
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.append("its start time is not a time")
     if problems:
         raise ValueError(f"{key}: " + "; ".join(problems))
     return manifest
 
 
-def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool) -> RescanResult:
+def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
+           targets: Collection[str] | None = None) -> RescanResult:
     """Find complete backups in ``storages`` that ``catalog`` lacks (or lacks a copy of) and,
-    unless ``dry_run``, record them."""
+    unless ``dry_run``, record them. Only backups of ``targets`` (default: any) are recorded."""
     result = RescanResult(dry_run)
     known = {b.id: b for b in catalog.list(include_deleted=True)}
     found: dict[str, tuple[dict[str, Any], list[Copy]]] = {}  # unknown backups: manifest, copies
@@ -112,19 +124,26 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool) -> Resca
             continue
         present = set(keys)
         for key in keys:
-            dump = _DUMP.match(key)
-            if dump and dump["base"] + MANIFEST_SUFFIX not in present:
-                if dump["base"].rsplit("/", 1)[-1] not in known:
+            # Ours are "<target>/<id>.<kind>"; anything else in a shared bucket is not our business.
+            shape = _KEY.match(key)
+            if shape is None:
+                continue
+            target, backup_id, kind = shape["target"], shape["id"], shape["kind"]
+            if targets is not None and target not in targets:
+                if kind == "manifest.json":
+                    result.other_targets.add(target)
+                continue
+            if kind.startswith("dump.zst"):
+                if f"{target}/{backup_id}{MANIFEST_SUFFIX}" not in present and backup_id not in known:
                     result.incomplete.append((storage.name, key))
                 continue
-            if not key.endswith(MANIFEST_SUFFIX):
+            if kind != "manifest.json":
                 continue
-            backup_id = key.rsplit("/", 1)[-1][: -len(MANIFEST_SUFFIX)]
             old = known.get(backup_id)
             if old is not None and (old.status == "deleted" or any(c.destination == storage.name for c in old.copies)):
                 continue  # recorded already (retention removes a deleted backup's files)
             try:
-                manifest = _read_manifest(storage, key)
+                manifest = _read_manifest(storage, key, backup_id, target)
                 if old is not None and manifest["sha256"] != old.sha256:
                     raise ValueError(f"{key} describes a different backup than the catalog's {backup_id}")
                 copy = _copy(storage, manifest)
@@ -135,19 +154,34 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool) -> Resca
                 result.problems.append((storage.name, f"{key}: {exc.message}"))
                 continue
             if old is not None:
-                result.copies_added.append((backup_id, storage.name))
-                if not dry_run:
-                    catalog.add_copy(backup_id, copy)
+                _record(result, storage.name, f"the copy of {backup_id}", partial(catalog.add_copy, backup_id, copy),
+                        result.copies_added, (backup_id, storage.name))
             elif backup_id in found and found[backup_id][0]["sha256"] != manifest["sha256"]:
                 result.problems.append((storage.name, f"{key} differs from the manifest of the same id elsewhere"))
             else:
                 found.setdefault(backup_id, (manifest, []))[1].append(copy)
     for backup_id, (manifest, copies) in sorted(found.items()):
-        result.adopted.append(Adopted(backup_id, manifest["target"], manifest["started_at"], manifest["size_bytes"],
-                                      [c.destination for c in copies]))
-        if not dry_run:
-            catalog.add_backup(catalog_row(manifest, run_id=None), copies)
+        row = catalog_row(manifest, run_id=None)
+        row["tags"] = ",".join(sorted({*filter(None, row["tags"].split(",")), RESCANNED_TAG}))
+        adopted = Adopted(backup_id, manifest["target"], manifest["started_at"], manifest["size_bytes"],
+                          [c.destination for c in copies])
+        _record(result, ", ".join(adopted.destinations), backup_id, partial(catalog.adopt_backup, row, copies),
+                result.adopted, adopted)
     return result
+
+
+def _record(result: RescanResult, where: str, label: str, write: Callable[[], bool], into: list[Any],
+            item: Any) -> None:
+    """Count ``item`` as recorded (or, in a dry run, as to be): unless the catalog got it meanwhile
+    (a backup finishing, another rescan) or cannot take it, which is a problem to report."""
+    if result.dry_run:
+        into.append(item)
+        return
+    try:
+        if write():
+            into.append(item)
+    except Exception as exc:  # one item the catalog refused must not lose the others
+        result.problems.append((where, f"could not record {label}: {type(exc).__name__}: {redact(exc)}"))
 
 
 def _copy(storage: Storage, manifest: dict[str, Any]) -> Copy:

@@ -537,7 +537,7 @@ def _fill_offsets(fd: int, finder: archive.BlockFinder, backup_id: str) -> None:
     try:
         filled = archive.fill_offsets(fd, finder)
         log.debug("%s: data offsets recorded for %d archive entries", backup_id, filled)
-    except (archive.ArchiveFormatError, OSError) as exc:
+    except Exception as exc:  # never worth failing a restore over
         log.debug("%s: data offsets left unset: %s", backup_id, exc)
 
 

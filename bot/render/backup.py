@@ -334,8 +334,11 @@ def rescan_lines(result: RescanResult, tz: ZoneInfo) -> list[str]:
     lines += [f"left alone: {k} in {d} has no manifest (an interrupted backup, or a lost manifest)"
               for d, k in result.incomplete]
     lines += [f"problem: {d}: {p}" for d, p in result.problems]
+    if result.other_targets:
+        lines.append(f"left alone: backups of targets not configured here ({', '.join(sorted(result.other_targets))})")
     if result.adopted or result.copies_added:
-        lines.append("adopted backups are unverified until `backupbot verify ID` has read them back")
+        lines.append("adopted backups are unverified until `backupbot verify ID` has read them back; "
+                     "until then retention keeps them")
     elif not result.incomplete and not result.problems:
         lines.append("the catalog already knows every backup the destinations hold")
     return lines

@@ -151,3 +151,34 @@ def test_a_failing_observer_never_fails_the_unpacking(tmp_path):
     assert (tmp_path / "out").read_bytes() == b"one two three"
     assert seen == [b"one "] and isinstance(writer.observe_error, ValueError)
     assert writer.error is None
+
+
+def test_a_large_object_full_of_lookalikes_of_a_real_block_start_changes_nothing(crm_db, tmp_path):
+    # GIVEN a large object that repeats, thousands of times, the start of a real table's data block
+    # (its dump id taken from a first dump; adding a large object does not renumber tables)
+    first = archive.read_toc(_file(tmp_path, "first.dump", _dump(crm_db, "--compress=0")))
+    table = next(e for e in first.unset if e.desc == "TABLE DATA")
+    head = archive.END_MARK + bytes([archive.BLK_DATA, 0]) + table.dump_id.to_bytes(4, "little")
+    query(crm_db, "SELECT lo_from_bytea(0, decode(repeat(%s, 20000), 'hex'))", [head.hex()])
+    data = _dump(crm_db, "--compress=0")
+    fd = _file(tmp_path, "lookalikes.dump", data)
+    assert table.dump_id in {e.dump_id for e in archive.read_toc(fd).unset}
+    # WHEN it streams past a finder
+    finder = _fed(data, [1 << 20])
+    # THEN no more than two places are kept for that entry, and the archive is left as it was
+    assert len(finder.seen[table.dump_id]) == 2
+    assert archive.fill_offsets(fd, finder) == 0
+    assert (tmp_path / "lookalikes.dump").read_bytes() == data
+
+
+def test_the_1_15_header_of_postgresql_16_is_read_too(crm_db, tmp_path):
+    # GIVEN a 1.14 archive rewritten as 1.15 writes its header: the compression level (an int of
+    # five bytes) becomes a one-byte algorithm, so everything after moves 4 bytes forward
+    data = _dump(crm_db, "--compress=0")
+    assert data[5:8] == b"\x01\x0e\x00"  # PostgreSQL 15's pg_dump writes 1.14
+    v15 = data[:6] + b"\x0f" + data[7:11] + b"\x00" + data[16:]
+    old, new = (archive.read_toc(_file(tmp_path, n, d)) for n, d in (("v14.dump", data), ("v15.dump", v15)))
+    # THEN the same entries are read, each 4 bytes earlier
+    assert [(e.dump_id, e.desc, e.state) for e in new.entries] == [(e.dump_id, e.desc, e.state) for e in old.entries]
+    assert [e.field_pos for e in new.entries] == [e.field_pos - 4 for e in old.entries]
+    assert new.data_start == old.data_start - 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def _listed(services) -> dict[str, dict]:
     for b in services.list_backups():
         row = b.as_json()
         row.pop("verify_status"), row.pop("verified_at")
+        row["tags"] = [t for t in row["tags"] if t != "rescanned"]
         row["copies"] = sorted((c["destination"], c["status"], c["size_bytes"], c["location"]) for c in row["copies"])
         out[b.id] = row
     return out
@@ -49,7 +51,7 @@ def test_a_lost_catalog_is_rebuilt_from_local_and_s3(crm_db, make_services, s3_b
     # THEN both backups are listed as they were, with both copies, but unverified
     assert not result.problems and not result.incomplete
     assert _listed(fresh) == before
-    assert {b.verify_status for b in fresh.list_backups()} == {"unverified"}
+    assert {(b.verify_status, "rescanned" in b.tags) for b in fresh.list_backups()} == {("unverified", True)}
     # AND they verify and restore like any other, and the rescan is in the audit log
     assert all(r.ok for r in fresh.verify(ids[0], actor="t", source="cli"))
     outcome, _ = fresh.restore(RestoreRequest(ids[1], mode="into", into="after_rescan"), actor="t", source="cli")
@@ -99,6 +101,25 @@ def test_a_catalog_that_cannot_record_a_stored_backup_says_how_to_recover(crm_db
     assert len(services.rescan(dry_run=False, actor="t", source="cli").adopted) == 1
 
 
+def test_a_catalog_that_cannot_write_at_all_still_lets_the_reason_through(crm_db, make_services, monkeypatch):
+    # GIVEN a catalog that can no longer write anything once the backup is stored
+    services = make_services(crm_db)
+
+    def locked(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    for method in ("add_backup", "finish_run"):
+        monkeypatch.setattr(services.catalog, method, locked)
+    audit = services.catalog.audit
+    monkeypatch.setattr(services.catalog, "audit",
+                        lambda action, **kw: locked() if action == "backup.failed" else audit(action, **kw))
+    # WHEN backing up, THEN the error is the stored-but-not-recorded line, not the catalog's own failure
+    with pytest.raises(BackupbotError) as err:
+        services.backup(actor="t", source="cli")
+    assert "is stored (local) but the catalog could not record it" in err.value.message
+    assert "`backupbot rescan` records it" in err.value.message
+
+
 def test_a_copy_the_catalog_lost_is_recorded_for_a_known_backup(crm_db, make_services, s3_bucket):
     # GIVEN a backup in local and S3 whose S3 copy the catalog no longer has (an older catalog)
     services = make_services(crm_db, **_s3(s3_bucket))
@@ -135,7 +156,7 @@ def test_leftovers_and_damaged_backups_are_reported_and_never_adopted(crm_db, ma
     # THEN the good one is adopted, the others are named with what is wrong, and exit status is 1
     assert out.returncode == 1, out.stderr
     adopted = [line for line in out.stdout.splitlines() if line.startswith(f"adopted {good.id} (target prod, ")]
-    assert len(adopted) == 1 and " CET, " in adopted[0], out.stdout  # shown in the configured zone
+    assert len(adopted) == 1 and re.search(r" CES?T, ", adopted[0]), out.stdout  # in the configured zone
     assert "left alone: prod/prod-20200101-000000-dead.dump.zst in local has no manifest" in out.stdout
     assert f"problem: local: prod/{cut.id}.dump.zst has " in out.stdout
     assert f"problem: local: prod/{garbled.id}.manifest.json is not a readable manifest" in out.stdout
@@ -164,6 +185,55 @@ def test_recording_a_backup_a_rescan_adopted_first_completes_it(tmp_path):
     # WHEN the run records it too, THEN there is one backup, with the run's details
     catalog.add_backup({**row, "run_id": 7}, [copy])
     assert [b.id for b in catalog.list()] == ["b1"] and len(catalog.get("b1").copies) == 1
+    assert list(catalog.db.query("SELECT run_id FROM backups"))[0]["run_id"] == 7
+    # AND a rescan that read the storage before never overwrites what the catalog has by now
+    catalog.set_verify("b1", False, "corrupt")
+    assert catalog.adopt_backup({**row, "run_id": None}, [copy]) is False
+    assert catalog.get("b1").verify_status == "failed" and catalog.add_copy("b1", copy) is False
     # BUT a different backup under the same id is refused
     with pytest.raises(BackupbotError, match="different backup with id b1"):
         catalog.add_backup({**row, "sha256": "b" * 64}, [copy])
+
+
+def test_retention_keeps_rescanned_backups_until_they_are_verified(crm_db, make_services, tmp_path):
+    # GIVEN three backups, a policy that keeps only the newest, and the catalog lost and rescanned
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_MIN_VERIFIED="0")
+    ids = [services.backup(actor="t", source="cli").backup.id for _ in range(3)]
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "again.db"), RETENTION_DAILY="1",
+                          RETENTION_MIN_VERIFIED="0")
+    fresh.rescan(dry_run=False, actor="t", source="cli")
+    # WHEN pruning, THEN nothing goes: none of them has been verified since
+    result = fresh.prune(dry_run=True, actor="t", source="cli")[0]
+    assert result.decision.delete == []
+    assert result.decision.keep[ids[0]] == ["recorded by rescan, not verified since"]
+    # WHEN they have been verified, THEN the policy applies again
+    for backup_id in ids:
+        fresh.verify(backup_id, actor="t", source="cli")
+    assert sorted(fresh.prune(dry_run=True, actor="t", source="cli")[0].decision.delete) == sorted(ids[:2])
+
+
+def test_only_our_own_files_are_considered(crm_db, make_services, tmp_path):
+    # GIVEN a backup, and beside it: another deployment's files under a deeper prefix, a target not
+    # configured here, and a manifest whose file list names another backup's files
+    services = make_services(crm_db)
+    good = services.backup(actor="t", source="cli").backup
+    root = tmp_path / "backups"
+    manifest = json.loads((root / "prod" / f"{good.id}.manifest.json").read_text())
+    (root / "team" / "db" / "prod").mkdir(parents=True)
+    for f in (root / "prod").iterdir():
+        (root / "team" / "db" / "prod" / f.name).write_bytes(f.read_bytes())
+    (root / "staging").mkdir()
+    for f in (root / "prod").iterdir():
+        (root / "staging" / f.name.replace("prod-", "staging-")).write_bytes(f.read_bytes())
+    thief = "prod-20200101-000000-beef"
+    (root / "prod" / f"{thief}.manifest.json").write_text(json.dumps({**manifest, "id": thief}))
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    # WHEN rescanning into a new catalog
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "again.db"))
+    result = fresh.rescan(dry_run=False, actor="t", source="cli")
+    # THEN only our backup is recorded; the thief is a problem, the other target is named
+    assert [a.backup_id for a in result.adopted] == [good.id]
+    assert [p for _d, p in result.problems] == [
+        f"prod/{thief}.manifest.json: its file list is not that of a backup with this id"]
+    assert result.other_targets == {"staging"}
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == files

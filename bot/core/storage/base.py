@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 
+def object_keys(target: str, backup_id: str, encrypted: bool) -> dict[str, str]:
+    """Where a backup's files live in every destination."""
+    suffix = ".age" if encrypted else ""
+    base = f"{target}/{backup_id}"
+    return {
+        "dump": f"{base}.dump.zst{suffix}",
+        "manifest": f"{base}.manifest.json",
+        "roles": f"{base}.roles.sql{suffix}",
+    }
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str
