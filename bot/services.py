@@ -142,8 +142,12 @@ class Services:
                 log.error("could not record the failed backup of %s in the audit log: %s", t.name, redact(audit_exc))
             self.emit("backup.failed", target=t.name, error=exc.message, detail=exc.detail, kind=kind)
             raise
-        self.catalog.audit("backup.done", actor=actor, source=source, target=t.name, backup_id=outcome.backup.id,
-                           details={"size_bytes": outcome.backup.size_bytes, "failed_copies": outcome.failed_copies})
+        try:
+            self.catalog.audit("backup.done", actor=actor, source=source, target=t.name, backup_id=outcome.backup.id,
+                               details={"size_bytes": outcome.backup.size_bytes,
+                                        "failed_copies": outcome.failed_copies})
+        except Exception as exc:  # the backup is recorded; the audit line is what is lost
+            log.error("could not record backup %s in the audit log: %s", outcome.backup.id, redact(exc))
         self.emit("backup.done", target=t.name, backup=outcome.backup, failed_copies=outcome.failed_copies, kind=kind)
         return outcome
 
@@ -270,9 +274,11 @@ class Services:
         decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
         held = {i: "in use by a restore" for i in self.catalog.in_use()}  # being read, or waiting to be
         # Found again by a rescan: what made it worth keeping (say, the newest verified ones) was
-        # lost with the catalog, so it stays until a verify has vouched for it again.
+        # lost with the catalog, so it stays until a verify has vouched for it again, unless a
+        # copy was found corrupt or missing (a verify that could not read it proves nothing).
         held.update({b.id: "recorded by rescan, not verified since" for b in backups
-                     if RESCANNED_TAG in b.tags and b.verify_status == "unverified"})
+                     if RESCANNED_TAG in b.tags and b.verify_status != "ok"
+                     and not any(c.status in ("corrupt", "missing") for c in b.copies)})
         if held.keys() & set(decision.delete):
             keep = dict(decision.keep)
             for backup_id in held.keys() & set(decision.delete):

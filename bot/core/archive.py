@@ -170,11 +170,12 @@ def parse_toc(read_at: Callable[[int, int], bytes]) -> ArchiveToc:
 
 class BlockFinder:
     """Fed an archive's bytes in order (any chunk sizes), notes where the blocks of the entries
-    whose position is not set seem to start: ``seen[dump_id]``, at most two places each (two
-    already means "not sure"). It reads the TOC from the first bytes, so it looks only for those
-    entries and only for the block types they can have; ``failed`` says why it stopped looking."""
+    whose position is not set seem to start: ``seen[dump_id]``. It reads the TOC from the first
+    bytes, so it looks only for those entries and only for the block types they can have; it
+    stops looking (``failed`` says why) at the first doubt, as fill_offsets would then refuse."""
 
     HEAD_LIMIT = 64 << 20  # a TOC bigger than this is not waited for
+    LOOKALIKE_LIMIT = 10_000  # heads of entries not looked for (only large objects have any)
 
     def __init__(self) -> None:
         self.pos = 0  # bytes fed so far
@@ -184,6 +185,7 @@ class BlockFinder:
         self._next_try = 1 << 16  # head size at which to try reading the TOC (doubling: linear cost)
         self._wanted: set[int] = set()
         self._marks: tuple[bytes, ...] = ()
+        self._lookalikes = 0
         self._tail = b""  # the last HEAD_LEN - 1 bytes: a block start may straddle two chunks
 
     def _start(self, final: bool = False) -> None:
@@ -225,10 +227,20 @@ class BlockFinder:
             i = data.find(mark)
             while 0 <= i < limit:
                 dump_id = int.from_bytes(data[i + len(mark):i + HEAD_LEN], "little")
-                if len(data) >= i + HEAD_LEN and dump_id in self._wanted:
+                if len(data) < i + HEAD_LEN:
+                    pass
+                elif dump_id in self._wanted:
                     spots = self.seen.setdefault(dump_id, [])
-                    if len(spots) < 2:
+                    if base + i + len(END_MARK) not in spots:
                         spots.append(base + i + len(END_MARK))
+                    if len(spots) > 1:  # fill_offsets would refuse: stop paying for the search
+                        self._stop(f"entry {dump_id}'s data seems to start in more than one place")
+                        return
+                else:
+                    self._lookalikes += 1
+                    if self._lookalikes > self.LOOKALIKE_LIMIT:  # large objects full of them
+                        self._stop("too many block look-alikes in the data")
+                        return
                 i = data.find(mark, i + 1)
 
     def feed(self, chunk: bytes) -> None:

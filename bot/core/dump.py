@@ -84,8 +84,12 @@ def run_backup(
         failed("interrupted before the backup completed")
         raise
     status = "partial" if outcome.failed_copies else "ok"
-    catalog.finish_run(run_id, status, backup_id=outcome.backup.id,
-                       error="; ".join(f"{d}: {e}" for d, e in outcome.failed_copies.items()) or None)
+    try:
+        catalog.finish_run(run_id, status, backup_id=outcome.backup.id,
+                           error="; ".join(f"{d}: {e}" for d, e in outcome.failed_copies.items()) or None)
+    except Exception as exc:  # the backup itself is recorded: do not report it as failed
+        log.error("backup %s is recorded but its run %s could not be closed: %s", outcome.backup.id, run_id,
+                  redact(exc))
     return outcome
 
 

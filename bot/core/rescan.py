@@ -30,7 +30,8 @@ from bot.errors import BackupbotError
 
 MANIFEST_SUFFIX = ".manifest.json"
 RESCANNED_TAG = "rescanned"  # retention keeps such a backup until it has been verified
-_KEY = re.compile(r"^(?P<target>[^/]+)/(?P<id>[^/]+?)\.(?P<kind>manifest\.json|dump\.zst(?:\.age)?|roles\.sql(?:\.age)?)$")
+_NAME = re.compile(r"(?P<id>[^/]+?)\.(?P<kind>manifest\.json|dump\.zst(?:\.age)?|roles\.sql(?:\.age)?)")
+_KEY = re.compile(r"(?P<target>[^/]+)/" + _NAME.pattern)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -95,18 +96,51 @@ def _read_manifest(storage: Storage, key: str, backup_id: str, target: str) -> d
     # Only the files a backup of that id writes: retention deletes what the manifest lists.
     elif manifest.get("files") != object_keys(target, backup_id, bool(manifest.get("encryption_key_id"))):
         problems.append("its file list is not that of a backup with this id")
-    if not _SHA256.match(str(manifest.get("sha256", ""))):
+    if not _SHA256.fullmatch(str(manifest.get("sha256", ""))):
         problems.append("it has no SHA-256")
-    if not isinstance(manifest.get("size_bytes"), int):
+    if not isinstance(manifest.get("size_bytes"), int) or isinstance(manifest.get("size_bytes"), bool):
         problems.append("it has no size")
-    try:
-        if parse_iso(manifest.get("started_at")) is None:
-            raise ValueError
-    except (TypeError, ValueError):
+    if not _is_time(manifest.get("started_at")):
         problems.append("its start time is not a time")
+    if manifest.get("finished_at") is not None and not _is_time(manifest["finished_at"]):
+        problems.append("its end time is not a time")
+    # Everything else the catalog row takes must be of the kind a backup writes.
+    kinds: dict[str, tuple[type, ...]] = {
+        "duration_s": (int, float), "kind": (str,), "encryption_key_id": (str,), "server_version": (str,),
+        "pg_dump_version": (str,), "database": (str,)}
+    odd = [name for name, types in kinds.items()
+           if manifest.get(name) is not None and not isinstance(manifest[name], types)]
+    tags, profile = manifest.get("tags"), manifest.get("profile")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        odd.append("tags")
+    if profile is not None and not (isinstance(profile, dict) and isinstance(profile.get("name"), (str, type(None)))):
+        odd.append("profile")
+    if odd:
+        problems.append("unexpected " + ", ".join(odd))
     if problems:
         raise ValueError(f"{key}: " + "; ".join(problems))
     return manifest
+
+
+def _is_time(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return parse_iso(value) is not None
+    except ValueError:
+        return False
+
+
+def _split(key: str, targets: Collection[str] | None) -> tuple[str, str, str] | None:
+    """(target, backup id, kind) of one of our files, ``<target>/<id>.<kind>``, else None. A
+    configured target's name may itself hold a "/"; anything else laid out differently (another
+    deployment's prefix in a shared bucket) is not ours to look at."""
+    for target in sorted(targets or (), key=len, reverse=True):
+        if key.startswith(target + "/"):
+            shape = _NAME.fullmatch(key[len(target) + 1:])
+            return (target, shape["id"], shape["kind"]) if shape else None
+    shape = _KEY.fullmatch(key)
+    return (shape["target"], shape["id"], shape["kind"]) if shape else None
 
 
 def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
@@ -124,11 +158,10 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
             continue
         present = set(keys)
         for key in keys:
-            # Ours are "<target>/<id>.<kind>"; anything else in a shared bucket is not our business.
-            shape = _KEY.match(key)
-            if shape is None:
+            parts = _split(key, targets)
+            if parts is None:
                 continue
-            target, backup_id, kind = shape["target"], shape["id"], shape["kind"]
+            target, backup_id, kind = parts
             if targets is not None and target not in targets:
                 if kind == "manifest.json":
                     result.other_targets.add(target)
@@ -144,6 +177,7 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
                 continue  # recorded already (retention removes a deleted backup's files)
             try:
                 manifest = _read_manifest(storage, key, backup_id, target)
+                catalog_row(manifest, run_id=None)  # what adopting it will take: raises here, not later
                 if old is not None and manifest["sha256"] != old.sha256:
                     raise ValueError(f"{key} describes a different backup than the catalog's {backup_id}")
                 copy = _copy(storage, manifest)
@@ -152,6 +186,9 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
                 continue
             except BackupbotError as exc:
                 result.problems.append((storage.name, f"{key}: {exc.message}"))
+                continue
+            except Exception as exc:  # a manifest shaped like nothing we wrote: one problem, not the end
+                result.problems.append((storage.name, f"{key}: unexpected content ({type(exc).__name__}: {redact(exc)})"))
                 continue
             if old is not None:
                 _record(result, storage.name, f"the copy of {backup_id}", partial(catalog.add_copy, backup_id, copy),

@@ -165,10 +165,22 @@ def test_a_large_object_full_of_lookalikes_of_a_real_block_start_changes_nothing
     assert table.dump_id in {e.dump_id for e in archive.read_toc(fd).unset}
     # WHEN it streams past a finder
     finder = _fed(data, [1 << 20])
-    # THEN no more than two places are kept for that entry, and the archive is left as it was
+    # THEN it stops looking at the second place, and the archive is left as it was
     assert len(finder.seen[table.dump_id]) == 2
-    assert archive.fill_offsets(fd, finder) == 0
+    assert finder.failed == f"entry {table.dump_id}'s data seems to start in more than one place"
+    with pytest.raises(archive.ArchiveFormatError, match="more than one place"):
+        archive.fill_offsets(fd, finder)
     assert (tmp_path / "lookalikes.dump").read_bytes() == data
+
+
+def test_a_large_object_full_of_other_lookalikes_stops_the_search(crm_db, tmp_path):
+    # GIVEN a large object full of block heads of an entry that does not exist (id 0)
+    head = archive.END_MARK + bytes([archive.BLK_DATA, 0]) + (0).to_bytes(4, "little")
+    query(crm_db, "SELECT lo_from_bytea(0, decode(repeat(%s, 20000), 'hex'))", [head.hex()])
+    data = _dump(crm_db, "--compress=0")
+    # WHEN it streams past a finder, THEN the finder gives up rather than loop over each one
+    finder = _fed(data, [1 << 20])
+    assert finder.failed == "too many block look-alikes in the data"
 
 
 def test_the_1_15_header_of_postgresql_16_is_read_too(crm_db, tmp_path):

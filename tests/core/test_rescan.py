@@ -237,3 +237,46 @@ def test_only_our_own_files_are_considered(crm_db, make_services, tmp_path):
         f"prod/{thief}.manifest.json: its file list is not that of a backup with this id"]
     assert result.other_targets == {"staging"}
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == files
+
+
+@pytest.mark.parametrize("field, value", [
+    ("finished_at", "yesterday"), ("finished_at", 17), ("started_at", 12345), ("tags", 5), ("tags", [1]),
+    ("profile", "plain"), ("duration_s", "long"), ("sha256", "a" * 64 + "\n"),
+])
+def test_a_manifest_with_odd_content_is_one_problem_and_the_rest_goes_on(crm_db, make_services, tmp_path,
+                                                                         field, value):
+    # GIVEN two backups, one of whose manifests holds something no backup writes
+    services = make_services(crm_db)
+    odd, good = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    path = tmp_path / "backups" / "prod" / f"{odd.id}.manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    # WHEN rescanning into a new catalog
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "again.db"))
+    result = fresh.rescan(dry_run=False, actor="t", source="cli")
+    # THEN the odd one is a problem, the good one is recorded, and the catalog reads fine
+    assert [a.backup_id for a in result.adopted] == [good.id]
+    assert len(result.problems) == 1 and result.problems[0][1].startswith(f"prod/{odd.id}.manifest.json: ")
+    assert [b.id for b in fresh.list_backups()] == [good.id]
+
+
+def test_a_target_whose_name_holds_a_slash_is_rescanned_too(crm_db, make_services, tmp_path):
+    services = make_services(crm_db, BACKUP_TARGET="team/prod")
+    backup = services.backup(actor="t", source="cli").backup
+    fresh = make_services(crm_db, BACKUP_TARGET="team/prod", BACKUPBOT_DB=str(tmp_path / "again.db"))
+    result = fresh.rescan(dry_run=False, actor="t", source="cli")
+    assert [a.backup_id for a in result.adopted] == [backup.id] and not result.problems
+
+
+def test_a_rescanned_backup_is_held_until_a_verify_vouches_or_finds_it_damaged(crm_db, make_services, tmp_path):
+    # GIVEN two rescanned backups under a policy that keeps one, the older one's verify having failed
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_MIN_VERIFIED="0")
+    older, _newer = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "again.db"), RETENTION_DAILY="1",
+                          RETENTION_MIN_VERIFIED="0")
+    fresh.rescan(dry_run=False, actor="t", source="cli")
+    fresh.catalog.set_verify(older.id, False, "the local copy could not be read right now")
+    # WHEN pruning, THEN a verify that could not read it proves nothing: it is still held
+    assert fresh.prune(dry_run=True, actor="t", source="cli")[0].decision.delete == []
+    # WHEN a copy was found corrupt, THEN the policy applies to it again
+    fresh.catalog.set_copy_status(older.id, "local", "corrupt", "sha256 mismatch")
+    assert fresh.prune(dry_run=True, actor="t", source="cli")[0].decision.delete == [older.id]
