@@ -280,3 +280,18 @@ def test_a_rescanned_backup_is_held_until_a_verify_vouches_or_finds_it_damaged(c
     # WHEN a copy was found corrupt, THEN the policy applies to it again
     fresh.catalog.set_copy_status(older.id, "local", "corrupt", "sha256 mismatch")
     assert fresh.prune(dry_run=True, actor="t", source="cli")[0].decision.delete == [older.id]
+
+
+def test_an_encrypted_backup_is_rescanned_and_verifies_with_its_key(crm_db, make_services, tmp_path):
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "age.key"
+    key_file.write_text(str(identity) + "\n")
+    keys = {"ENCRYPTION_RECIPIENTS": str(identity.to_public()), "AGE_IDENTITY_FILE": str(key_file)}
+    backup = make_services(crm_db, **keys).backup(actor="t", source="cli").backup
+    fresh = make_services(crm_db, BACKUPBOT_DB=str(tmp_path / "again.db"), **keys)
+    result = fresh.rescan(dry_run=False, actor="t", source="cli")
+    assert [a.backup_id for a in result.adopted] == [backup.id] and not result.problems
+    assert fresh.get_backup(backup.id).encryption_key_id == backup.encryption_key_id
+    assert all(r.ok for r in fresh.verify(backup.id, actor="t", source="cli"))
