@@ -6,7 +6,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -350,10 +352,6 @@ def remove_stale_temp_files(temp_dir: Path | None = None, max_age_s: float = 6 *
     """A restore killed mid-way can leave its uncompressed archive (cleartext data) or its
     list file in $TMPDIR (or RESTORE_TEMP_DIR); remove ours once they are clearly not in use any
     more: old, and (archives) not locked by a restore that is still reading them."""
-    import fcntl
-    import tempfile
-    import time
-
     removed = []
     cutoff = time.time() - max_age_s
     dirs = dict.fromkeys([Path(tempfile.gettempdir()), *([temp_dir] if temp_dir else [])])

@@ -208,8 +208,9 @@ class BlockFinder:
         self._wanted = {e.dump_id for e in unset}
         kinds = {BLK_BLOBS if e.desc == "BLOBS" else BLK_DATA for e in unset}
         self._marks = tuple(END_MARK + bytes([k, 0]) for k in sorted(kinds))
-        # From the end mark that may precede the first block; the TOC itself is never scanned.
-        start = max(0, toc.data_start - len(END_MARK))
+        # After the TOC, never in it; the first block, which has no end mark before it, is
+        # checked by fill_offsets itself.
+        start = toc.data_start
         self._scan(data[start:], start, len(data) - start - (HEAD_LEN - 1))
         self._tail = data[-(HEAD_LEN - 1):]
 
@@ -225,11 +226,9 @@ class BlockFinder:
         """Record block starts whose head begins before index ``limit``; data[0] is at ``base``."""
         for mark in self._marks:
             i = data.find(mark)
-            while 0 <= i < limit:
+            while 0 <= i < limit and i + HEAD_LEN <= len(data):
                 dump_id = int.from_bytes(data[i + len(mark):i + HEAD_LEN], "little")
-                if len(data) < i + HEAD_LEN:
-                    pass
-                elif dump_id in self._wanted:
+                if dump_id in self._wanted:
                     spots = self.seen.setdefault(dump_id, [])
                     if base + i + len(END_MARK) not in spots:
                         spots.append(base + i + len(END_MARK))

@@ -342,25 +342,20 @@ class Catalog:
         return len(orphans)
 
     # -- backups ----------------------------------------------------------------------------
-    def add_backup(self, row: dict[str, Any], copies: list[Copy]) -> None:
-        """Record a complete backup and its copies atomically. The same backup recorded already
-        (a rescan adopted it between its storing and this) is completed, not duplicated."""
+    def add_backup(self, row: dict[str, Any], copies: list[Copy], *, only_if_new: bool = False) -> bool:
+        """Record a complete backup and its copies atomically; True if written. The same backup
+        recorded already (a rescan adopted it between its storing and this) is completed, not
+        duplicated; with ``only_if_new`` (a rescan, which read the storage a while ago) it is left
+        as the catalog has it."""
         with self.tx() as db:
             before = list(db.execute("SELECT sha256 FROM backups WHERE id = ?", [row["id"]]).fetchall())
+            if before and only_if_new:
+                return False
             if before and before[0][0] != row["sha256"]:
                 raise BackupbotError(f"the catalog already holds a different backup with id {row['id']}")
             db.table("backups").upsert(row, pk="id")
             for c in copies:
                 db.table("copies").upsert({"backup_id": row["id"], **c.__dict__}, pk=("backup_id", "destination"))
-
-    def adopt_backup(self, row: dict[str, Any], copies: list[Copy]) -> bool:
-        """Record a backup found in storage unless the catalog has it by now; True if recorded."""
-        with self.tx() as db:
-            if list(db.execute("SELECT 1 FROM backups WHERE id = ?", [row["id"]]).fetchall()):
-                return False
-            db.table("backups").insert(row)
-            for c in copies:
-                db.table("copies").insert({"backup_id": row["id"], **c.__dict__})
         return True
 
     def add_copy(self, backup_id: str, copy: Copy) -> bool:

@@ -297,9 +297,8 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
 
 
 def _reraise_read_failure(reader: HashingReader) -> None:
-    failure = getattr(reader, "failure", None)
-    if failure is not None:
-        raise failure
+    if reader.failure is not None:
+        raise reader.failure
 
 
 class ThreadedWriter:

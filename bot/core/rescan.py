@@ -32,15 +32,15 @@ MANIFEST_SUFFIX = ".manifest.json"
 RESCANNED_TAG = "rescanned"  # retention keeps such a backup until it has been verified
 _NAME = re.compile(r"(?P<id>[^/]+?)\.(?P<kind>manifest\.json|dump\.zst(?:\.age)?|roles\.sql(?:\.age)?)")
 _KEY = re.compile(r"(?P<target>[^/]+)/" + _NAME.pattern)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def catalog_row(manifest: dict[str, Any], *, run_id: int | None) -> dict[str, Any]:
+def catalog_row(manifest: dict[str, Any], *, run_id: int | None, extra_tags: tuple[str, ...] = ()) -> dict[str, Any]:
     """The catalog's row for a complete backup, from its manifest (what a backup records, and
     what rescan adopts)."""
     return {
         "id": manifest["id"], "target": manifest["target"], "status": "complete",
-        "kind": manifest.get("kind") or "manual", "tags": ",".join(sorted(manifest.get("tags") or [])),
+        "kind": manifest.get("kind") or "manual", "tags": ",".join(sorted({*(manifest.get("tags") or []), *extra_tags})),
         "created_at": manifest["started_at"], "finished_at": manifest.get("finished_at"),
         "duration_s": manifest.get("duration_s"), "size_bytes": manifest["size_bytes"],
         "sha256": manifest["sha256"], "compression": "zstd",
@@ -149,7 +149,7 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
     unless ``dry_run``, record them. Only backups of ``targets`` (default: any) are recorded."""
     result = RescanResult(dry_run)
     known = {b.id: b for b in catalog.list(include_deleted=True)}
-    found: dict[str, tuple[dict[str, Any], list[Copy]]] = {}  # unknown backups: manifest, copies
+    found: dict[str, tuple[dict[str, Any], list[Copy]]] = {}  # unknown backups: catalog row, copies
     for storage in storages:
         try:
             keys = storage.list_keys()
@@ -177,7 +177,7 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
                 continue  # recorded already (retention removes a deleted backup's files)
             try:
                 manifest = _read_manifest(storage, key, backup_id, target)
-                catalog_row(manifest, run_id=None)  # what adopting it will take: raises here, not later
+                row = catalog_row(manifest, run_id=None, extra_tags=(RESCANNED_TAG,))  # odd content raises here
                 if old is not None and manifest["sha256"] != old.sha256:
                     raise ValueError(f"{key} describes a different backup than the catalog's {backup_id}")
                 copy = _copy(storage, manifest)
@@ -193,17 +193,15 @@ def rescan(catalog: Catalog, storages: list[Storage], *, dry_run: bool,
             if old is not None:
                 _record(result, storage.name, f"the copy of {backup_id}", partial(catalog.add_copy, backup_id, copy),
                         result.copies_added, (backup_id, storage.name))
-            elif backup_id in found and found[backup_id][0]["sha256"] != manifest["sha256"]:
+            elif backup_id in found and found[backup_id][0]["sha256"] != row["sha256"]:
                 result.problems.append((storage.name, f"{key} differs from the manifest of the same id elsewhere"))
             else:
-                found.setdefault(backup_id, (manifest, []))[1].append(copy)
-    for backup_id, (manifest, copies) in sorted(found.items()):
-        row = catalog_row(manifest, run_id=None)
-        row["tags"] = ",".join(sorted({*filter(None, row["tags"].split(",")), RESCANNED_TAG}))
-        adopted = Adopted(backup_id, manifest["target"], manifest["started_at"], manifest["size_bytes"],
+                found.setdefault(backup_id, (row, []))[1].append(copy)
+    for backup_id, (row, copies) in sorted(found.items()):
+        adopted = Adopted(backup_id, row["target"], row["created_at"], row["size_bytes"],
                           [c.destination for c in copies])
-        _record(result, ", ".join(adopted.destinations), backup_id, partial(catalog.adopt_backup, row, copies),
-                result.adopted, adopted)
+        _record(result, ", ".join(adopted.destinations), backup_id,
+                partial(catalog.add_backup, row, copies, only_if_new=True), result.adopted, adopted)
     return result
 
 

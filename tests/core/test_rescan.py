@@ -188,7 +188,7 @@ def test_recording_a_backup_a_rescan_adopted_first_completes_it(tmp_path):
     assert list(catalog.db.query("SELECT run_id FROM backups"))[0]["run_id"] == 7
     # AND a rescan that read the storage before never overwrites what the catalog has by now
     catalog.set_verify("b1", False, "corrupt")
-    assert catalog.adopt_backup({**row, "run_id": None}, [copy]) is False
+    assert catalog.add_backup({**row, "run_id": None}, [copy], only_if_new=True) is False
     assert catalog.get("b1").verify_status == "failed" and catalog.add_copy("b1", copy) is False
     # BUT a different backup under the same id is refused
     with pytest.raises(BackupbotError, match="different backup with id b1"):
