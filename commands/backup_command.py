@@ -33,9 +33,11 @@ def register(app: Any, ctx: Any) -> None:
         # limit (Retry-After) can stretch past Slack's 3-second bound for the ack.
         ack()
         if sub.operators_only and not ctx.is_operator(inv.user_id):
-            respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS).",
-                    response_type="ephemeral")
-            ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator")
+            try:  # recorded before the user is told, told even when the record fails
+                ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator")
+            finally:
+                respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS).",
+                        response_type="ephemeral")
             return
         ctx.audit(f"slack./backup {sub.name}", inv.user_id, command=inv.text, channel=inv.channel_id)
         try:

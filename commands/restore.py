@@ -84,9 +84,11 @@ def register(app: Any, ctx: Any) -> None:
         ctx.notifier.ephemeral(user, text, channel=channel, thread_ts=thread)
 
     def refuse(click: Click, request: ApprovalRequest | None, action: str, reason: str, text: str) -> None:
-        tell(click.user, text, request, click)
-        flow.audit("restore_request.refused", click.user, request, attempt=action, reason=reason,
-                   **({} if request else {"request_id": click.request_id}))
+        try:  # recorded before the user is told, told even when the record fails
+            flow.audit("restore_request.refused", click.user, request, attempt=action, reason=reason,
+                       **({} if request else {"request_id": click.request_id}))
+        finally:
+            tell(click.user, text, request, click)
 
     def not_approver(click: Click, request: ApprovalRequest | None, action: str) -> None:
         who = ", ".join(mention(a) for a in ctx.settings.slack.restore_approvers) or "nobody (RESTORE_APPROVERS is empty)"
@@ -97,14 +99,19 @@ def register(app: Any, ctx: Any) -> None:
         try:
             req = parse_request(inv.args)
         except ValueError as exc:
-            respond(text=f":x: {exc}\nUsage: `/backup {USAGE}`", response_type="ephemeral")
-            flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=str(exc), command=inv.text)
+            try:
+                flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=str(exc),
+                           command=inv.text)
+            finally:
+                respond(text=f":x: {exc}\nUsage: `/backup {USAGE}`", response_type="ephemeral")
             return
         problem = flow.request_problem(inv.user_id)
         if problem:
-            respond(text=f":x: {problem}", response_type="ephemeral")
-            flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=problem,
-                       backup_id=req.backup_id)
+            try:
+                flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=problem,
+                           backup_id=req.backup_id)
+            finally:
+                respond(text=f":x: {problem}", response_type="ephemeral")
             return
         respond(text=f":mag: Checking backup `{req.backup_id}`: re-reading its stored copies and their checksums "
                      "before asking for approval…", response_type="ephemeral")
