@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot.core.pgtools import sslpassword_problem
 from bot.core.redact import register_secret
 from bot.errors import ConfigError
 
@@ -199,9 +200,12 @@ def _check_url(url: str, where: str) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except Exception:
         raise ConfigError("not a valid PostgreSQL connection URL", where) from None
+    problem = sslpassword_problem(str(params.get("sslpassword") or ""))
+    if problem:
+        raise ConfigError(problem, where)
 
 
 def _targets_from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Target], str | None]:

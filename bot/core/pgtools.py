@@ -109,7 +109,9 @@ class ConnInfo:
         return f"{self.host}:{self.port}/{self.dbname}"
 
     def env(self) -> dict[str, str]:
-        """The child's environment: PGPASSWORD lives only here."""
+        """The child's environment: PGPASSWORD lives only here. An sslpassword (a client key's
+        passphrase) has no environment variable: it reaches the child through an in-memory
+        service file (``pass_fds``), never a command line."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["PGCONNECT_TIMEOUT"] = os.environ.get("PGCONNECT_TIMEOUT", "10")
         env["PGAPPNAME"] = "backupbot"
@@ -117,7 +119,48 @@ class ConnInfo:
             env["PGPASSWORD"] = self.password
         if self.params.get("options"):  # for tools given only part of the conninfo
             env["PGOPTIONS"] = self.params["options"]
+        if "sslpassword" in self.params:
+            if "service" in self.params:  # the URL's own service would be looked up in our file
+                raise ConnectionFailed("a connection URL with both service= and sslpassword= cannot be given to "
+                                       "the pg_* tools: put sslpassword in that service's entry instead")
+            env["PGSERVICEFILE"], env["PGSERVICE"] = _service_file(self.params["sslpassword"]), SERVICE_NAME
         return env
+
+    def pass_fds(self) -> tuple[int, ...]:
+        """File descriptors the child needs open: the service file of ``env``, if any."""
+        fd = _service_fds.get(self.params.get("sslpassword", ""))
+        return (fd,) if fd is not None else ()
+
+
+def sslpassword_problem(sslpassword: str) -> str | None:
+    """Why libpq's service file (how the pg_* tools get it) cannot carry this sslpassword."""
+    if "\n" in sslpassword or "\r" in sslpassword or sslpassword != sslpassword.rstrip():
+        return "sslpassword holds a line break or ends in whitespace, which the pg_* tools cannot be given"
+    if len(sslpassword) > 200:  # PostgreSQL <= 15 reads service-file lines of up to 255 bytes
+        return "sslpassword is longer than 200 characters, which the pg_* tools cannot be given"
+    return None
+
+
+SERVICE_NAME = "backupbot"
+_service_fds: dict[str, int] = {}  # sslpassword -> memfd of a service file holding it
+_service_lock = threading.Lock()
+
+
+def _service_file(sslpassword: str) -> str:
+    """The path, in a child given ``pass_fds``, of a pg_service.conf that holds the sslpassword.
+    It lives in memory (memfd) for this process's life: nothing on disk, gone when we are."""
+    problem = sslpassword_problem(sslpassword)
+    if problem:
+        raise ConnectionFailed(problem + ": choose another passphrase for the client key")
+    if not hasattr(os, "memfd_create"):
+        raise ConnectionFailed("an sslpassword can be given to the pg_* tools only on Linux (memfd)")
+    with _service_lock:
+        fd = _service_fds.get(sslpassword)
+        if fd is None:
+            fd = os.memfd_create("backupbot-pg-service", os.MFD_CLOEXEC)  # not inherited unless passed
+            os.write(fd, f"[{SERVICE_NAME}]\nsslpassword={sslpassword}\n".encode())
+            _service_fds[sslpassword] = fd
+    return f"/proc/self/fd/{fd}"
 
 
 def check_not_transaction_pooler(info: ConnInfo) -> None:
@@ -158,9 +201,10 @@ class Command:
 
     def run(self, args: Sequence[str], info: ConnInfo | None = None, *, input: bytes | None = None,
             timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
-        env = info.env() if info else None
+        env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.run(  # noqa: S603 - argument list, no shell
-            self.argv(args), input=input, capture_output=True, env=env, timeout=timeout, check=False
+            self.argv(args), input=input, capture_output=True, env=env, timeout=timeout, check=False,
+            pass_fds=info.pass_fds() if info else (),
         )
         if proc.returncode not in self.ok_codes:
             raise tool_error(self.tool, proc.returncode, proc.stderr.decode("utf-8", "replace"), info)
@@ -168,8 +212,10 @@ class Command:
 
     def popen(self, args: Sequence[str], info: ConnInfo | None = None, *, stdin: int | IO[bytes] | None = None,
               stdout: int | IO[bytes] | None = subprocess.PIPE) -> RunningTool:
+        env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
-            self.argv(args), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=info.env() if info else None
+            self.argv(args), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
+            pass_fds=info.pass_fds() if info else (),
         )
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
