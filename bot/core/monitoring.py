@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -30,6 +31,9 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 DAILY_REPEAT = timedelta(hours=23)  # daily checks repeat an open alert once a day
+# The dead-man's switch runs from the scheduler and from every finished backup (another thread):
+# one check at a time in this process, whichever Monitor makes it.
+_STALE_CHECK = threading.RLock()
 
 
 def _m1(db: sqlite_utils.Database) -> None:
@@ -213,24 +217,31 @@ class Monitor:
         STALE_ALERT_REPEAT while it lasts; announce the recovery once a good backup appears."""
         results = []
         for name in targets if targets is not None else self.services.settings.targets:
-            latest = self.catalog.latest_good(name)
-            since = latest.created_at if latest else self.installed_at()
-            age = now - since if since else None
-            stale = age is not None and age > self.sched.max_backup_age
-            emitted = resolved = False
-            if stale and age is not None:
-                what = (f"no good backup of {name} for {human_duration(age)}" if latest
-                        else f"{name} has never been backed up (catalog created {human_duration(age)} ago)")
-                emitted = self.alarms.fire(
-                    "stale", name, what, now=now, every=self.sched.stale_alert_repeat,
-                    detail=(f"newest good backup: {latest.id} at {iso(latest.created_at)}" if latest else "")
-                    + f"; limit MAX_BACKUP_AGE={human_duration(self.sched.max_backup_age)}",
-                    hint="Is the bot running and the schedule right? Check `/backup status` and the last "
-                         "backup's error; `/backup now` takes one immediately.")
-            else:
-                resolved = self.alarms.clear("stale", name, now=now)
-            results.append(StaleCheck(name, age, stale, emitted, resolved))
+            with _STALE_CHECK:
+                results.append(self._check_stale(name, now))
         return results
+
+    def _check_stale(self, name: str, now: datetime) -> StaleCheck:
+        """One target's check, from reading its newest good backup to raising or clearing: a
+        check that read the catalog before a backup landed must not fire after the check that
+        backup's recovery listener made (which found nothing to clear), leaving a stale alert open."""
+        latest = self.catalog.latest_good(name)
+        since = latest.created_at if latest else self.installed_at()
+        age = now - since if since else None
+        stale = age is not None and age > self.sched.max_backup_age
+        emitted = resolved = False
+        if stale and age is not None:
+            what = (f"no good backup of {name} for {human_duration(age)}" if latest
+                    else f"{name} has never been backed up (catalog created {human_duration(age)} ago)")
+            emitted = self.alarms.fire(
+                "stale", name, what, now=now, every=self.sched.stale_alert_repeat,
+                detail=(f"newest good backup: {latest.id} at {iso(latest.created_at)}" if latest else "")
+                + f"; limit MAX_BACKUP_AGE={human_duration(self.sched.max_backup_age)}",
+                hint="Is the bot running and the schedule right? Check `/backup status` and the last "
+                     "backup's error; `/backup now` takes one immediately.")
+        else:
+            resolved = self.alarms.clear("stale", name, now=now)
+        return StaleCheck(name, age, stale, emitted, resolved)
 
     # -- for /backup status --------------------------------------------------------------------
     def status_lines(self, now: datetime) -> list[str]:

@@ -133,3 +133,41 @@ def test_an_unreachable_database_is_recorded_not_raised_and_status_shows_the_met
     section = status_section(services, T0)
     assert section.title == "Monitoring"
     assert any(line.startswith("local disk:") for line in section.lines)
+
+
+def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(make_settings):
+    """The scheduler's check and a finished backup's recovery check run on different threads."""
+    import threading
+
+    # GIVEN prod's newest good backup is 30h old (limit 26h), and the scheduler's check has just
+    # read that from the catalog (it is held there until released)
+    services, monitor, _events = monitor_for(make_settings, MAX_BACKUP_AGE="26h")
+    add_backup_row(services.catalog, "prod", T0)
+    now = T0 + timedelta(hours=30)
+    read, release = threading.Event(), threading.Event()
+    real_latest_good = services.catalog.latest_good
+
+    def latest_good(target: str) -> Any:
+        found = real_latest_good(target)
+        if threading.current_thread().name == "deadman":
+            read.set()
+            assert release.wait(10)
+        return found
+
+    services.catalog.latest_good = latest_good  # type: ignore[method-assign]
+    deadman = threading.Thread(target=monitor.check_stale, args=(now,), name="deadman")
+    deadman.start()
+    assert read.wait(10)
+    # WHEN a good backup lands then, and its recovery check runs on another thread
+    add_backup_row(services.catalog, "prod", now)
+    recovery = threading.Thread(target=monitor.check_stale, args=(now, ["prod"]), name="recovery")
+    recovery.start()
+    recovery.join(1.0)
+    # THEN the recovery check waits for the one in progress instead of running beside it
+    assert recovery.is_alive()
+    release.set()
+    deadman.join(10)
+    recovery.join(10)
+    # AND when both are done no stale alert is left open (the outdated one was resolved)
+    assert not deadman.is_alive() and not recovery.is_alive()
+    assert Alerts(services.catalog).open_alerts() == []
