@@ -136,8 +136,8 @@ def sslpassword_problem(sslpassword: str) -> str | None:
     """Why libpq's service file (how the pg_* tools get it) cannot carry this sslpassword."""
     if "\n" in sslpassword or "\r" in sslpassword or sslpassword != sslpassword.rstrip():
         return "sslpassword holds a line break or ends in whitespace, which the pg_* tools cannot be given"
-    if len(sslpassword) > 200:  # PostgreSQL <= 15 reads service-file lines of up to 255 bytes
-        return "sslpassword is longer than 200 characters, which the pg_* tools cannot be given"
+    if len(sslpassword.encode()) > 200:  # PostgreSQL <= 15 reads service-file lines of up to 255 bytes
+        return "sslpassword is longer than 200 bytes, which the pg_* tools cannot be given"
     return None
 
 
