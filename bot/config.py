@@ -203,7 +203,7 @@ def _check_url(url: str, where: str) -> None:
         params = conninfo_to_dict(url)
     except Exception:
         raise ConfigError("not a valid PostgreSQL connection URL", where) from None
-    problem = sslpassword_problem(str(params.get("sslpassword") or ""))
+    problem = sslpassword_problem(params)
     if problem:
         raise ConfigError(problem, where)
 

@@ -21,13 +21,17 @@ def register(app: Any, ctx: Any) -> None:
             ack()
             return
         if not ctx.channel_allowed(inv.channel_id):
-            ack(text=f"backupbot works in <#{ctx.settings.slack.channel}>; run `/backup` there.")
-            ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="channel", channel=inv.channel_id)
+            try:  # recorded before the user is told (a fast local write, well inside the ack's 3 s)
+                ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="channel", channel=inv.channel_id)
+            finally:
+                ack(text=f"backupbot works in <#{ctx.settings.slack.channel}>; run `/backup` there.")
             return
         sub = ctx.router.subcommands.get(inv.sub)
         if sub is None:
-            ack(**usage_message(ctx.router, problem=f"unknown subcommand `{inv.sub}`" if inv.sub != "help" else None))
-            ctx.audit("slack./backup", inv.user_id, command=inv.text, result="usage")
+            try:
+                ctx.audit("slack./backup", inv.user_id, command=inv.text, result="usage")
+            finally:
+                ack(**usage_message(ctx.router, problem=f"unknown subcommand `{inv.sub}`" if inv.sub != "help" else None))
             return
         # Ack before the permission check: resolving a user group is a Web API call that a rate
         # limit (Retry-After) can stretch past Slack's 3-second bound for the ack.

@@ -169,10 +169,12 @@ def register(app: Any, ctx: Any) -> None:
         decide(click, "cancel", flow.store.cancel(click.request_id, click.user, flow.now()))
 
     def decide(click: Click, action: str, decision: Any) -> None:
-        flow.decided(decision, action, click.user)
-        if not decision.ok:
-            text = render.refusal_text(decision.reason, decision.request, tz, request_id=click.request_id)
-            tell(click.user, text, decision.request, click)
+        try:  # audits first; a refusal is told even when that fails
+            flow.decided(decision, action, click.user)
+        finally:
+            if not decision.ok:
+                text = render.refusal_text(decision.reason, decision.request, tz, request_id=click.request_id)
+                tell(click.user, text, decision.request, click)
 
     @app.view(render.CONFIRM_CALLBACK)
     def on_confirm(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -195,10 +197,12 @@ def register(app: Any, ctx: Any) -> None:
             return
         # The typed name is checked before the ack: only the ack can keep the dialog open with an error.
         if typed != (request.confirm_text or request.target):
-            ack(response_action="errors", errors={
-                render.CONFIRM_BLOCK: f"That is not {request.confirm_text}. Type the target name exactly to confirm."})
-            flow.audit("restore_request.refused", user, request, attempt="approve", reason="confirmation_mismatch",
-                       typed=typed[:100])
+            try:
+                flow.audit("restore_request.refused", user, request, attempt="approve",
+                           reason="confirmation_mismatch", typed=typed[:100])
+            finally:
+                ack(response_action="errors", errors={
+                    render.CONFIRM_BLOCK: f"That is not {request.confirm_text}. Type the target name exactly to confirm."})
             return
         # Permission after the ack (which closes the dialog): resolving the approvers' user groups is
         # a Web API call that a rate limit can stretch past Slack's 3-second bound.

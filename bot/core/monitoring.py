@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -31,9 +30,6 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 DAILY_REPEAT = timedelta(hours=23)  # daily checks repeat an open alert once a day
-# The dead-man's switch runs from the scheduler and from every finished backup (another thread):
-# one check at a time in this process, whichever Monitor makes it.
-_STALE_CHECK = threading.RLock()
 
 
 def _m1(db: sqlite_utils.Database) -> None:
@@ -215,16 +211,10 @@ class Monitor:
     def check_stale(self, now: datetime, targets: Iterable[str] | None = None) -> list[StaleCheck]:
         """Alert per target whose newest good backup is older than MAX_BACKUP_AGE; repeat every
         STALE_ALERT_REPEAT while it lasts; announce the recovery once a good backup appears."""
-        results = []
-        for name in targets if targets is not None else self.services.settings.targets:
-            with _STALE_CHECK:
-                results.append(self._check_stale(name, now))
-        return results
+        return [self._check_stale(name, now)
+                for name in (targets if targets is not None else self.services.settings.targets)]
 
     def _check_stale(self, name: str, now: datetime) -> StaleCheck:
-        """One target's check, from reading its newest good backup to raising or clearing: a
-        check that read the catalog before a backup landed must not fire after the check that
-        backup's recovery listener made (which found nothing to clear), leaving a stale alert open."""
         latest = self.catalog.latest_good(name)
         since = latest.created_at if latest else self.installed_at()
         age = now - since if since else None
@@ -239,6 +229,11 @@ class Monitor:
                 + f"; limit MAX_BACKUP_AGE={human_duration(self.sched.max_backup_age)}",
                 hint="Is the bot running and the schedule right? Check `/backup status` and the last "
                      "backup's error; `/backup now` takes one immediately.")
+            # A backup that landed after the read above had its own check (the recovery listener,
+            # another thread) find nothing to clear: clear for it, or the alert stays open.
+            newest = self.catalog.latest_good(name)
+            if newest is not None and now - newest.created_at <= self.sched.max_backup_age:
+                resolved = self.alarms.clear("stale", name, now=now)
         else:
             resolved = self.alarms.clear("stale", name, now=now)
         return StaleCheck(name, age, stale, emitted, resolved)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -120,9 +120,9 @@ class ConnInfo:
         if self.params.get("options"):  # for tools given only part of the conninfo
             env["PGOPTIONS"] = self.params["options"]
         if "sslpassword" in self.params:
-            if "service" in self.params:  # the URL's own service would be looked up in our file
-                raise ConnectionFailed("a connection URL with both service= and sslpassword= cannot be given to "
-                                       "the pg_* tools: put sslpassword in that service's entry instead")
+            problem = sslpassword_problem(self.params)
+            if problem:
+                raise ConnectionFailed(problem)
             env["PGSERVICEFILE"], env["PGSERVICE"] = _service_file(self.params["sslpassword"]), SERVICE_NAME
         return env
 
@@ -132,12 +132,23 @@ class ConnInfo:
         return (fd,) if fd is not None else ()
 
 
-def sslpassword_problem(sslpassword: str) -> str | None:
-    """Why libpq's service file (how the pg_* tools get it) cannot carry this sslpassword."""
-    if "\n" in sslpassword or "\r" in sslpassword or sslpassword != sslpassword.rstrip():
-        return "sslpassword holds a line break or ends in whitespace, which the pg_* tools cannot be given"
-    if len(sslpassword.encode()) > 200:  # PostgreSQL <= 15 reads service-file lines of up to 255 bytes
-        return "sslpassword is longer than 200 bytes, which the pg_* tools cannot be given"
+def sslpassword_problem(params: Mapping[str, object]) -> str | None:
+    """Why the pg_* tools cannot be given this conninfo's sslpassword (through libpq's service
+    file, see ``ConnInfo.env``), or None. Checked at start-up (bot.config) and before each tool."""
+    if "sslpassword" not in params:
+        return None
+    value = str(params["sslpassword"] or "")
+    if not value:  # libpq would leave the key's passphrase to OpenSSL, which asks a terminal
+        return "the sslpassword in the connection URL is empty: give the client key's passphrase, or leave it out"
+    if "service" in params:  # the URL's own service would be looked up in our file
+        return ("a connection URL with both a service and an sslpassword cannot be given to the pg_* tools: "
+                "put the passphrase in that service's entry instead")
+    if "\n" in value or "\r" in value or value != value.rstrip():
+        return "the sslpassword holds a line break or ends in whitespace, which the pg_* tools cannot be given"
+    # libpq reads service-file lines into a fixed buffer: 1 KiB in 15, 256 bytes in older
+    # versions; 200 bytes of passphrase fits every client the tools may come from.
+    if len(value.encode()) > 200:
+        return "the sslpassword is longer than 200 bytes, which the pg_* tools cannot be given"
     return None
 
 
@@ -149,9 +160,6 @@ _service_lock = threading.Lock()
 def _service_file(sslpassword: str) -> str:
     """The path, in a child given ``pass_fds``, of a pg_service.conf that holds the sslpassword.
     It lives in memory (memfd) for this process's life: nothing on disk, gone when we are."""
-    problem = sslpassword_problem(sslpassword)
-    if problem:
-        raise ConnectionFailed(problem + ": choose another passphrase for the client key")
     if not hasattr(os, "memfd_create"):
         raise ConnectionFailed("an sslpassword can be given to the pg_* tools only on Linux (memfd)")
     with _service_lock:
@@ -189,7 +197,8 @@ def widen_pipe(fd: int) -> None:
 
 
 class Command:
-    """Runs one pg_* binary from the configured bindir."""
+    """Runs one pg_* binary from the configured bindir, in a session of its own: without a
+    controlling terminal nothing (OpenSSL asking for a key's passphrase) can wait on a prompt."""
 
     def __init__(self, tool: str, bindir: Path | None = None, ok_codes: Iterable[int] = (0,)) -> None:
         self.tool = tool
@@ -204,7 +213,7 @@ class Command:
         env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.run(  # noqa: S603 - argument list, no shell
             self.argv(args), input=input, capture_output=True, env=env, timeout=timeout, check=False,
-            pass_fds=info.pass_fds() if info else (),
+            pass_fds=info.pass_fds() if info else (), start_new_session=True,
         )
         if proc.returncode not in self.ok_codes:
             raise tool_error(self.tool, proc.returncode, proc.stderr.decode("utf-8", "replace"), info)
@@ -215,7 +224,7 @@ class Command:
         env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
             self.argv(args), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
-            pass_fds=info.pass_fds() if info else (),
+            pass_fds=info.pass_fds() if info else (), start_new_session=True,
         )
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:

@@ -141,7 +141,7 @@ def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(ma
 
     # GIVEN prod's newest good backup is 30h old (limit 26h), and the scheduler's check has just
     # read that from the catalog (it is held there until released)
-    services, monitor, _events = monitor_for(make_settings, MAX_BACKUP_AGE="26h")
+    services, monitor, events = monitor_for(make_settings, MAX_BACKUP_AGE="26h")
     add_backup_row(services.catalog, "prod", T0)
     now = T0 + timedelta(hours=30)
     read, release = threading.Event(), threading.Event()
@@ -149,7 +149,7 @@ def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(ma
 
     def latest_good(target: str) -> Any:
         found = real_latest_good(target)
-        if threading.current_thread().name == "deadman":
+        if threading.current_thread().name == "deadman" and not read.is_set():
             read.set()
             assert release.wait(10)
         return found
@@ -158,16 +158,14 @@ def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(ma
     deadman = threading.Thread(target=monitor.check_stale, args=(now,), name="deadman")
     deadman.start()
     assert read.wait(10)
-    # WHEN a good backup lands then, and its recovery check runs on another thread
+    # WHEN a good backup lands then, and its recovery check runs (finding no alert to clear)
     add_backup_row(services.catalog, "prod", now)
-    recovery = threading.Thread(target=monitor.check_stale, args=(now, ["prod"]), name="recovery")
-    recovery.start()
-    recovery.join(1.0)
-    # THEN the recovery check waits for the one in progress instead of running beside it
-    assert recovery.is_alive()
+    recovery = monitor.check_stale(now, ["prod"])
+    assert not recovery[0].stale and not recovery[0].resolved
+    # AND the scheduler's check goes on from what it read
     release.set()
     deadman.join(10)
-    recovery.join(10)
-    # AND when both are done no stale alert is left open (the outdated one was resolved)
-    assert not deadman.is_alive() and not recovery.is_alive()
+    assert not deadman.is_alive()
+    # THEN the alert it raised from the outdated read is resolved at once, and none stays open
+    assert events.names() == ["stale.alert", "stale.resolved"]
     assert Alerts(services.catalog).open_alerts() == []

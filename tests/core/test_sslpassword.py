@@ -123,15 +123,60 @@ def test_backup_and_parallel_restore_with_an_encrypted_client_key(ssl_cluster, m
     assert PASSPHRASE not in str(services.catalog.runs())
 
 
-def test_an_sslpassword_the_tools_cannot_be_given_is_refused_clearly(ssl_cluster, make_settings):
+@pytest.mark.parametrize("passphrase, said", [
+    ("", "is empty"),  # OpenSSL would ask a terminal for it
+    ("ends in a space ", "ends in whitespace"),  # libpq's service-file reader cuts trailing space
+    ("é" * 101, "longer than 200 bytes"),  # 101 characters, 202 bytes
+])
+def test_an_sslpassword_the_tools_cannot_be_given_is_refused_at_start_up(ssl_cluster, make_settings,
+                                                                          passphrase, said):
     cluster, client = ssl_cluster
-    # A trailing space would be cut off by libpq's service-file reader: refused at start-up
     with pytest.raises(ConfigError) as err:
-        make_settings(_url(cluster, client, "postgres", passphrase="ends in a space "))
-    assert "DATABASE_URL" in str(err.value) and "ends in whitespace" in str(err.value)
-    assert "ends in a space" not in str(err.value)
-    # The URL's own service would be looked up in our file: said, not half-done
-    info = ConnInfo.parse(_url(cluster, client, "postgres") + "&service=mine")
+        make_settings(_url(cluster, client, "postgres", passphrase=passphrase))
+    assert "DATABASE_URL" in str(err.value) and said in str(err.value)
+    assert passphrase.strip() == "" or passphrase.strip() not in str(err.value)
+
+
+def test_the_longest_passphrase_the_tools_take_is_accepted(ssl_cluster, make_settings):
+    cluster, client = ssl_cluster
+    assert make_settings(_url(cluster, client, "postgres", passphrase="é" * 100)).targets
+
+
+def test_a_url_with_its_own_service_and_an_sslpassword_is_refused_with_what_to_do(ssl_cluster, make_settings):
+    # The URL's own service would be looked up in our file: said at start-up, readable after redaction
+    cluster, client = ssl_cluster
+    url = _url(cluster, client, "postgres") + "&service=mine"
+    with pytest.raises(ConfigError) as err:
+        make_settings(url)
+    assert "both a service and an sslpassword cannot be given" in str(err.value), err.value
     with pytest.raises(ConnectionFailed) as err2:
-        info.env()
-    assert "service=" in err2.value.message and PASSPHRASE not in err2.value.message
+        ConnInfo.parse(url).env()
+    assert "put the passphrase in that service's entry" in err2.value.message
+    assert PASSPHRASE not in str(err.value) + err2.value.message
+
+
+def test_no_tool_can_wait_on_a_terminal_prompt(tmp_path):
+    """Without a passphrase OpenSSL asks /dev/tty: run from a terminal, the tools still have none."""
+    import pty
+    import sys
+
+    bindir = fake_bindir(tmp_path, {"pg_dump": "#!/bin/sh\n( : < /dev/tty ) 2>/dev/null && echo TTY || echo NONE\n"})
+    code = ("from pathlib import Path; from bot.core.pgtools import Command; "
+            f"print('tool saw', Command('pg_dump', Path({str(bindir)!r})).run(['--version']).stdout.decode().strip())")
+    # GIVEN a process whose controlling terminal is a pseudo-terminal, as a CLI's is
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(fd)
+    assert os.waitpid(pid, 0)[1] == 0, out
+    # THEN the tool it starts cannot open that terminal
+    assert "tool saw NONE" in out.decode(), out
