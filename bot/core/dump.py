@@ -26,6 +26,7 @@ from bot.core.pgtools import (
     ConnInfo,
     check_not_transaction_pooler,
     check_tool_not_older,
+    connect_error,
     server_version,
 )
 from bot.core.redact import redact
@@ -124,7 +125,7 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
     try:
         snap_conn = psycopg.connect(info.conninfo(), connect_timeout=10, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise ConnectionFailed(f"cannot connect to {info.describe()}: {redact(str(exc).strip())}") from None
+        raise ConnectionFailed(f"cannot connect to {info.describe()}: {connect_error(exc)}") from None
     with snap_conn:
         profile = profiles.resolve(snap_conn, target.profile, target.exclude_schemas)
         blocked = profiles.unreadable_schemas(snap_conn, profile)

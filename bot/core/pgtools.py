@@ -357,6 +357,15 @@ def connection_advice(summary: str, info: ConnInfo) -> str:
     return summary
 
 
+def connect_error(exc: BaseException) -> str:
+    """libpq's connection failure as one line: the cause first, then its hint (libpq puts the
+    hint on a tab-indented line after it, one cause per address tried)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if lines:
+        lines[0] = re.sub(r"^connection failed:\s*", "", lines[0])
+    return redact("; ".join(lines)) if lines else type(exc).__name__
+
+
 def server_version(info: ConnInfo) -> tuple[int, str]:
     """(major, full version string) of the server, or ConnectionFailed with a clear message."""
     import psycopg
@@ -367,8 +376,7 @@ def server_version(info: ConnInfo) -> tuple[int, str]:
             row = conn.execute("SHOW server_version").fetchone()
             full = str(row[0]) if row else str(num)
     except psycopg.OperationalError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ConnectionFailed(f"cannot connect to {info.describe()}: {connection_advice(redact(msg), info)}") from None
+        raise ConnectionFailed(f"cannot connect to {info.describe()}: {connection_advice(connect_error(exc), info)}") from None
     return num // 10000, full
 
 

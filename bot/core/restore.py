@@ -32,6 +32,7 @@ from bot.core.pgtools import (
     RunningTool,
     check_not_transaction_pooler,
     check_tool_not_older,
+    connect_error,
     server_version,
 )
 from bot.core.redact import redact
@@ -633,12 +634,13 @@ def _feed(reader: HashingReader, proc: RunningTool, *, encrypted: bool, identity
 
 def _admin_conn(info: ConnInfo) -> psycopg.Connection[Any]:
     """A connection to the server's maintenance database, for CREATE/DROP DATABASE."""
+    why = ""
     for db in ("postgres", "template1"):
         try:
             return psycopg.connect(info.with_db(db).conninfo(), autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError:
-            continue
-    raise RestoreError(f"cannot connect to the maintenance database on {info.host}:{info.port}")
+        except psycopg.OperationalError as exc:
+            why = connect_error(exc)
+    raise RestoreError(f"cannot connect to the maintenance database on {info.host}:{info.port}: {why}")
 
 
 def check_database_free(dest_url: str) -> None:

@@ -75,6 +75,9 @@ def test_unreachable_server_names_host_and_port(make_services, tmp_path):
     with pytest.raises(ConnectionFailed) as err:
         services.backup(actor="t", source="cli")
     assert f"127.0.0.1:{port}/crm" in err.value.message and PASSWORD not in err.value.message
+    # the cause, not only libpq's hint after it, and on one line
+    assert "connection refused" in err.value.message.lower(), err.value.message
+    assert "\n" not in err.value.message and "\t" not in err.value.message
     _nothing_recorded(services)
 
 
