@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
 from typing import Any
 
-from bot.config import parse_duration
 from bot.core.alerts import Alert, Alerts
 from bot.core.catalog import Backup
 from bot.errors import BackupbotError
@@ -38,15 +36,12 @@ FAILURE_KINDS = {"backup.failed": "backup", "verify.failed": "verify", "prune.fa
 # Kinds whose Retry is one safe click; a restore is never retried from an alert (it needs approval).
 RETRY_BACKUP_KINDS = {"backup", "upload", "stale"}
 RETRY_KINDS = RETRY_BACKUP_KINDS | {"verify", "retention"}
-DEFAULT_REPEAT = "24h"  # a generic <kind>.alert that stays open is repeated at most this often
 
 
 class AlertPoster:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.alerts = Alerts(ctx.core.catalog)
-        raw = ctx.settings.extra.get("ALERT_REPEAT") or DEFAULT_REPEAT
-        self.repeat_every: timedelta = parse_duration(raw, "ALERT_REPEAT")
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, event: str, data: dict[str, Any]) -> None:
@@ -66,8 +61,7 @@ class AlertPoster:
             # The emitter (core monitoring's Alarms.fire) already decided this alert is new or due
             # for a repeat (STALE_ALERT_REPEAT…); throttling again here would swallow its repeats.
             self.post_alert(str(data.get("kind") or prefix), target, str(data.get("message") or event),
-                            detail=data.get("detail") or "", hint=data.get("hint") or "",
-                            every_failure=bool(data.get("decided", True)))
+                            detail=data.get("detail") or "", hint=data.get("hint") or "")
         elif suffix == "resolved":
             self.post_recovery(str(data.get("kind") or prefix), target, note=str(data.get("message") or ""))
 
@@ -85,12 +79,10 @@ class AlertPoster:
 
     # -- posting (usable by other features) ---------------------------------------------------
     def post_alert(self, kind: str, target: str | None, message: str, *, detail: str = "", hint: str = "",
-                   backup_id: str | None = None, every_failure: bool = True) -> Alert:
+                   backup_id: str | None = None) -> Alert:
         """Open (or bump) the alert and tell the channel. A repeat of an open alert goes into the
-        alert's thread: every failed attempt when ``every_failure``, else once per ALERT_REPEAT."""
+        alert's thread: every failed attempt, and each repeat a periodic check decided is due."""
         alert, new = self.alerts.raise_(kind, target, message, detail=detail, hint=hint)
-        if not new and not every_failure and not self.alerts.due(alert, self.repeat_every):
-            return alert
         s = self.ctx.settings
         retry = retry_value(alert, backup_id) if kind in RETRY_KINDS and (kind != "verify" or backup_id) else None
         payload = alert_message(alert, mentions=s.slack.alert_mentions, runbook_url=s.slack.runbook_url,
