@@ -163,10 +163,14 @@ def cmd_rescan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.core.schedule_settings import ScheduleSettings
     from bot.core.scheduler import next_backup_from_config
     from bot.core.status import gather_status
     from bot.render.backup import status_text
 
+    # Status reports the schedules and the checks they feed: a setting `backupbot run` would
+    # refuse is one clear line here too (exit 2), not a report with sections missing.
+    ScheduleSettings.from_settings(settings)
     report = gather_status(_services(settings), target=args.target,
                            next_run=lambda: next_backup_from_config(settings))
     print(json.dumps(report.as_json(), indent=2) if args.json else status_text(report, settings.tz))

@@ -104,6 +104,12 @@ def test_cli_status_json_has_the_same_report(crm_db, make_services, tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert plain.returncode == 0 and f"Last good backup: {backup.id}" in plain.stdout
     assert PASSWORD not in out.stdout + plain.stdout
+    # AND a schedule setting `backupbot run` would refuse is one clear line and exit 2 here too
+    bad = subprocess.run([sys.executable, "-m", "bot", "status"], env={**env, "CHECKLIST_TIME": "9am"},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    assert bad.stderr.strip().splitlines() == [
+        "error: invalid configuration: '9am' is not a time like 09:00 (24-hour, or off) (CHECKLIST_TIME)"]
 
 
 def test_extra_status_sections_are_shown_and_a_broken_one_is_reported(slack_app, monkeypatch):
