@@ -46,6 +46,26 @@ def make_client(settings: Settings) -> WebClient:
     )
 
 
+def check_slack(settings: Settings, client: WebClient) -> None:
+    """Before anything starts: Slack's Web API answers and accepts the bot token. Either failure
+    is one line (the supervisor restarts the bot; schedules run only while it runs)."""
+    sdk_log = logging.getLogger("slack_sdk.web.base_client")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.CRITICAL)  # its per-attempt errors would repeat ours, with a traceback
+    try:
+        client.auth_test()
+    except SlackApiError as exc:
+        code = exc.response.get("error") if exc.response is not None else None
+        raise ConfigError(f"Slack refused the bot token at auth.test ({code or exc.response.status_code})",
+                          "SLACK_BOT_TOKEN") from None
+    except OSError as exc:  # urllib's URLError included: DNS, refused, TLS, proxy
+        reason = getattr(exc, "reason", None) or exc
+        raise BackupbotError(f"cannot reach Slack's Web API at {client.base_url}: {redact(reason)}; check the "
+                             "network, a proxy, or SLACK_API_URL") from None
+    finally:
+        sdk_log.setLevel(level)
+
+
 @dataclass
 class AppContext:
     """What the Slack listeners share: the core services plus Slack-side helpers."""

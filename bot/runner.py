@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bot.app import AppContext, create_app, validate_slack_settings
+from bot.app import AppContext, check_slack, create_app, make_client, validate_slack_settings
 from bot.config import Settings, parse_duration
 from bot.core.catalog import iso, utcnow
 from bot.services import build_services
@@ -55,13 +55,15 @@ def start_hooks(ctx: AppContext) -> list[Callable[[], None]]:
 def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0") -> int:
     use_http = http or not settings.slack.app_token
     validate_slack_settings(settings, http=use_http)
+    client = make_client(settings)
+    check_slack(settings, client)  # before anything is settled or started
     services = build_services(settings)
     # Restores, drills and checks the bot itself started cannot still be running now that it
     # starts again; ones the CLI started (source "cli") may be, so they are left alone.
     for source in ("slack", "schedule"):
         for kind in ("restore", "drill", "verify", "integrity", "prune"):
             services.catalog.mark_abandoned_runs(kind=kind, source=source)
-    app, ctx = create_app(settings, services)
+    app, ctx = create_app(settings, services, client=client)
     stops = start_hooks(ctx)
     stopped = threading.Event()
 

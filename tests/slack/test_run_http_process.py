@@ -65,3 +65,26 @@ def test_run_http_serves_healthz_and_signed_commands_and_stops_on_sigterm(fake_s
     assert proc.returncode == 0, err
     assert f"HTTP mode on 127.0.0.1:{port}" in out
     assert BOT_TOKEN not in out + err and SIGNING_SECRET not in out + err
+
+
+def test_run_says_in_one_line_when_slack_is_unreachable_or_refuses_the_token(fake_slack, crm_db, tmp_path):
+    base = {**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod",
+            "BACKUP_DIR": str(tmp_path / "backups"), "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
+            "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_CHANNEL": CHANNEL}
+    base.pop("SLACK_APP_TOKEN", None)
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bot", "run", "--http", "--port", str(free_port())],
+                              cwd=tmp_path, env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+    # WHEN nothing answers at SLACK_API_URL THEN one line says so (no traceback), exit 1
+    dead = run(SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/")
+    assert dead.returncode == 1 and dead.stderr.strip().count("\n") == 0, dead.stderr
+    assert dead.stderr.startswith("error: cannot reach Slack's Web API at http://127.0.0.1:")
+    # WHEN Slack refuses the token THEN a configuration error naming it, exit 2
+    refused = run(SLACK_API_URL=fake_slack.url, SLACK_BOT_TOKEN="xoxb-0-0-not-a-known-token")
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "Slack refused the bot token at auth.test (invalid_auth)" in refused.stderr
+    assert "SLACK_BOT_TOKEN" in refused.stderr and "not-a-known-token" not in refused.stderr
+    # AND neither touched the catalog
+    assert not (tmp_path / "catalog.db").exists()
