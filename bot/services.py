@@ -193,6 +193,12 @@ class Services:
             if req.to_url in self.settings.targets:  # a named target: guarded like --in-place
                 named = self.settings.targets[req.to_url]
                 return named.database_url, named
+            try:  # libpq's own complaint may quote the text, password and all: never shown
+                ConnInfo.parse(req.to_url)
+            except Exception:
+                raise RestoreError("--to is neither a configured target ("
+                                   + ", ".join(sorted(self.settings.targets)) + ") nor a valid PostgreSQL "
+                                   "connection URL (postgresql://user@host:5432/dbname)") from None
             return req.to_url, None
         target = self.settings.target(req.target or backup.target)
         info = ConnInfo.parse(target.database_url)

@@ -14,6 +14,7 @@ from bot.errors import (
     ConnectionFailed,
     IntegrityError,
     NotFound,
+    RestoreError,
     StorageError,
     VersionMismatch,
 )
@@ -148,6 +149,20 @@ def test_unknown_backup_id_says_how_to_find_ids(crm_db, make_services):
     with pytest.raises(NotFound) as err:
         services.restore(RestoreRequest("prod-20200101-000000-dead"), actor="t", source="cli")
     assert "no backup with id 'prod-20200101-000000-dead'" in err.value.message and "backupbot list" in err.value.message
+
+
+@pytest.mark.parametrize("to", [
+    "postgresql://postgres:Leaky-Pw%2142%@127.0.0.1/crm",  # a stray % after the password
+    "not a url", "nosuchtarget", "postgresql://h/db?foo=bar", "host='unterminated",
+])
+def test_a_malformed_to_url_is_one_line_that_never_quotes_it(crm_db, make_services, to):
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    with pytest.raises(RestoreError) as err:
+        services.restore(RestoreRequest(backup.id, mode="to", to_url=to), actor="t", source="cli")
+    assert "nor a valid PostgreSQL connection URL" in err.value.message and "prod" in err.value.message
+    assert "Leaky-Pw" not in err.value.message + err.value.detail and to not in err.value.message
+    assert len(services.catalog.runs(kind="restore")) == 0  # refused before anything started
 
 
 def test_pg_dump_older_than_server_is_refused(crm_db, make_services, tmp_path):
