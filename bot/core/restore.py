@@ -37,7 +37,7 @@ from bot.core.pgtools import (
 )
 from bot.core.redact import redact
 from bot.core.storage.base import Storage
-from bot.core.verify import Check, Report, compare, verify_copy
+from bot.core.verify import Check, Report, compare, open_copy, precheck, verify_copy
 from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
 from bot.render.common import human_bytes
 
@@ -122,22 +122,6 @@ def pick_copy(backup: Backup, storages: Sequence[Storage]) -> list[Storage]:
         raise IntegrityError(f"backup {backup.id} has no intact copy in the configured destinations ({known}); "
                              "choose another backup")
     return sorted(usable, key=lambda s: 0 if s.name == "local" else 1)
-
-
-def _open_copy(backup: Backup, storage: Storage, *, prefetch: bool = False) -> HashingReader:
-    """A stored copy, checked against its recorded SHA-256 as it is read; close() it after."""
-    return HashingReader(storage.open_reader(backup.object_key), backup.sha256,
-                         f"the {storage.name} copy of {backup.id}", prefetch=prefetch)
-
-
-def precheck(backup: Backup, storage: Storage) -> None:
-    """Read the whole copy once and compare its SHA-256 before anything is touched."""
-    reader = _open_copy(backup, storage)
-    try:
-        while reader.read(1 << 20):
-            pass
-    finally:
-        reader.close()
 
 
 def _unpack_intact(backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
@@ -568,7 +552,7 @@ class Spool:
         writer: ThreadedWriter | None = None
         finder = archive.BlockFinder()
         try:
-            reader = _open_copy(backup, storage, prefetch=True)
+            reader = open_copy(backup, storage, prefetch=True)
             with os.fdopen(os.dup(fd), "wb") as f:
                 writer = ThreadedWriter(f, observe=finder.feed)
                 try:
@@ -597,7 +581,7 @@ class Spool:
 
 def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
     """pg_restore --file=- fed by a stream of the stored copy (no local archive)."""
-    reader = _open_copy(ctx.backup, ctx.storage)
+    reader = open_copy(ctx.backup, ctx.storage)
     proc = Command("pg_restore", ctx.bindir).popen(args, None, stdin=subprocess.PIPE)
     out: list[bytes] = []
     # Read the SQL while the archive goes in, or both pipes fill up and block each other.
@@ -611,7 +595,7 @@ def _render_streamed(ctx: LoadContext, args: list[str]) -> str:
 
 def _stream_restore(backup: Backup, storage: Storage, pg_restore: Command, args: list[str],
                     info: ConnInfo, identity_file: Path | None, work_mem: str) -> None:
-    reader = _open_copy(backup, storage)
+    reader = open_copy(backup, storage)
     proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     _feed(reader, proc, encrypted=bool(backup.encryption_key_id), identity_file=identity_file)
     proc.check_restore()

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.core.catalog import Backup, Catalog
-from bot.core.codec import HashingReader, ProcessSink, decode
+from bot.core.codec import HashingReader, ProcessSink, decode, load_identities
 from bot.core.pgtools import Command
 from bot.core.storage.base import Storage
-from bot.errors import BackupbotError, NotFound
+from bot.errors import BackupbotError, IntegrityError, NotFound
 
 
 @dataclass
@@ -23,6 +23,23 @@ class CopyCheck:
     error: str | None = None
     toc_entries: int = 0
     toc: str = ""  # the archive's table of contents, as `pg_restore --list` prints it
+    key_problem: bool = False  # not ok because our key cannot open it: nothing said about the copy
+
+
+def open_copy(backup: Backup, storage: Storage, *, prefetch: bool = False) -> HashingReader:
+    """A stored copy, checked against its recorded SHA-256 as it is read; close() it after."""
+    return HashingReader(storage.open_reader(backup.object_key), backup.sha256,
+                         f"the {storage.name} copy of {backup.id}", prefetch=prefetch)
+
+
+def precheck(backup: Backup, storage: Storage) -> None:
+    """Read the whole copy once and compare its SHA-256 before anything is touched."""
+    reader = open_copy(backup, storage)
+    try:
+        while reader.read(1 << 20):
+            pass
+    finally:
+        reader.close()
 
 
 def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
@@ -52,7 +69,19 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         sink.close()
         code = lister.wait(120)
         t.join(30)
-    except BackupbotError as exc:  # corrupt (IntegrityError) or unreadable (StorageError) mid-way
+    except IntegrityError as exc:
+        lister.kill()
+        reader.close()
+        if backup.encryption_key_id:  # a wrong key fails at once, before the copy was hashed
+            try:
+                precheck(backup, storage)
+            except BackupbotError:
+                pass  # the copy is at fault
+            else:
+                return CopyCheck(storage.name, False, f"{exc.message} (the copy itself is intact: its SHA-256 "
+                                 "matches; check AGE_IDENTITY_FILE)", key_problem=True)
+        return CopyCheck(storage.name, False, exc.message)
+    except BackupbotError as exc:  # unreadable (StorageError) mid-way
         lister.kill()
         return CopyCheck(storage.name, False, exc.message)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -80,6 +109,12 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
     stored copies check out."""
     by_name = {s.name: s for s in storages}
     results: list[CopyCheck] = []
+    if backup.encryption_key_id:
+        try:
+            load_identities(identity_file)
+        except BackupbotError as exc:  # a missing or empty key file is ours to fix
+            return [CopyCheck(c.destination, False, exc.message, key_problem=True)
+                    for c in backup.copies if c.status not in ("failed", "deleted")]
     for copy in backup.copies:
         if copy.status in ("failed", "deleted"):
             continue
@@ -89,6 +124,10 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
             continue
         results.append(verify_copy(backup, storage, identity_file=identity_file, bindir=bindir))
     ok = bool(results) and all(r.ok for r in results)
+    if any(r.key_problem for r in results):
+        # Our key could not open a copy whose bytes match their checksum: that says nothing about
+        # the backup, so its recorded state (and what retention and restores rely on) stays.
+        return results
     catalog.set_verify(
         backup.id, ok, "; ".join(r.error for r in results if r.error) or None,
         {r.destination: ("stored" if r.ok else ("missing" if "missing" in (r.error or "") else "corrupt"), r.error)

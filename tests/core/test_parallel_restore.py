@@ -381,3 +381,24 @@ def test_a_wrong_key_is_not_blamed_on_the_copy(crm_db, make_services, tmp_path):
     assert {c.destination: c.status for c in after.copies} == {"local": "stored"}
     assert after.verify_status != "failed"
     assert not _database_exists(crm_db, "wrong_key")
+    # WHEN verifying with the wrong key (by hand, or the weekly check)
+    before = services.get_backup(backup.id)
+    [check] = services.verify(backup.id, actor="t", source="cli")
+    # THEN it fails naming the key, but records nothing against the copy or the backup
+    assert not check.ok and check.key_problem and "AGE_IDENTITY_FILE" in (check.error or ""), check
+    after = services.get_backup(backup.id)
+    assert {c.destination: c.status for c in after.copies} == {"local": "stored"}
+    assert (after.verify_status, after.verified_at) == (before.verify_status, before.verified_at)
+    # AND with the right key the backup verifies and restores as if nothing happened
+    fixed = make_services(crm_db, ENCRYPTION_RECIPIENTS=str(right.to_public()),
+                          AGE_IDENTITY_FILE=str(tmp_path / "right.key"), RESTORE_JOBS="2")
+    outcome, _ = fixed.restore(RestoreRequest(backup.id, mode="into", into="right_key"), actor="t", source="cli")
+    assert outcome.report.ok
+    # AND a corrupt copy is still called corrupt, whatever the key
+    path = next((tmp_path / "backups").rglob(f"{backup.id}.dump.zst.age"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    [check] = services.verify(backup.id, actor="t", source="cli")
+    assert not check.ok and not check.key_problem
+    assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt"}

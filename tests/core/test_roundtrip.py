@@ -88,6 +88,10 @@ def test_encrypted_backup_without_identity_is_refused_clearly(crm_db, make_servi
     backup = services.backup(actor="tester", source="cli").backup
     results = services.verify(backup.id, actor="t", source="cli")
     assert not results[0].ok and "AGE_IDENTITY_FILE" in (results[0].error or "")
+    # and that is our missing key, not a fault of the copy: nothing is recorded against it
+    after = services.get_backup(backup.id)
+    assert {c.destination: c.status for c in after.copies} == {"local": "stored"}
+    assert after.verify_status == backup.verify_status
 
 
 def test_backup_goes_to_s3_and_restores_from_s3_when_local_copy_is_gone(crm_db, make_services, s3_bucket, tmp_path):
