@@ -415,7 +415,15 @@ def restore(
             if kept:
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"
         msg = (exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}") + left
+        # Over an existing database, a failure after the commit (even Ctrl-C) must not read as
+        # "nothing happened": the target already holds the backup's data.
+        committed = loaded and not created_db
+        if committed:
+            msg += (f"; pg_restore had already committed: {info.describe()} now holds the data of {backup.id}, "
+                    "but its verification report did not run")
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
+        if committed:
+            raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id}: {msg}") from exc
         if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
             raise
         raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc

@@ -195,6 +195,30 @@ def test_failed_in_place_restore_leaves_target_exactly_as_before(crm_db, make_se
     assert services.catalog.runs(kind="restore")[0]["status"] == "failed"
 
 
+def test_ctrl_c_after_an_in_place_restore_committed_says_the_target_changed(crm_db, make_services, monkeypatch):
+    from bot.core import restore as restore_mod
+
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
+    # GIVEN Ctrl-C arrives just after pg_restore committed, while the report is being made
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore_mod, "inspect_database", interrupted)
+    with pytest.raises(RestoreError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli", safety_backup=False)
+    # THEN the message and the run say the target now holds the backup, not "interrupted" alone
+    assert "pg_restore had already committed" in err.value.message and backup.id in err.value.message
+    assert "verification report did not run" in err.value.message
+    run = services.catalog.runs(kind="restore")[0]
+    assert run["status"] == "failed" and "already committed" in run["error"]
+    assert query(crm_db, "SELECT count(*) FROM crm.notes WHERE id > 700")[0][0] > 0  # it did restore
+    # AND the audit log has its end, as for any failed restore
+    assert [e["action"] for e in services.catalog.audit_events(5)][0] == "restore.failed"
+
+
 def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
     import os
     import sys
