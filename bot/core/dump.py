@@ -3,6 +3,7 @@ SHA-256 to every destination; the catalog sees the backup only once it is comple
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -201,6 +202,7 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
 
     finished = utcnow()
     duration = round(time.monotonic() - t0, 3)
+    roles_blob = _maybe_encrypt(roles_sql, settings.encryption.recipients)
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "id": backup_id,
@@ -233,9 +235,9 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         "triggers": facts["triggers"],
         "extensions": facts["extensions"],
         "roles_dump": keys["roles"],
+        "roles_sha256": hashlib.sha256(roles_blob).hexdigest(),  # of the stored (maybe encrypted) file
         "files": keys,
     }
-    roles_blob = _maybe_encrypt(roles_sql, settings.encryption.recipients)
     manifest_blob = json.dumps(manifest, indent=2, sort_keys=True).encode()
     by_name = {s.name: s for s in usable}
     for name in list(stored):

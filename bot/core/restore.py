@@ -37,7 +37,15 @@ from bot.core.pgtools import (
 )
 from bot.core.redact import redact
 from bot.core.storage.base import Storage
-from bot.core.verify import Check, Report, compare, open_copy, precheck, verify_copy
+from bot.core.verify import (
+    Check,
+    Report,
+    compare,
+    open_copy,
+    precheck,
+    read_roles_dump,
+    verify_copy,
+)
 from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
 from bot.render.common import human_bytes
 
@@ -136,10 +144,10 @@ def _unpack_intact(backup: Backup, storage: Storage, identity_file: Path | None,
 
 
 def load_roles_sql(backup: Backup, storage: Storage, identity_file: Path | None) -> str:
-    key = backup.manifest.get("roles_dump") or backup.manifest.get("files", {}).get("roles")
-    if not key:
-        raise RestoreError(f"backup {backup.id} has no roles dump")
-    blob = storage.get_bytes(key)
+    try:
+        blob = read_roles_dump(backup, storage)  # checked: a changed file could create any role
+    except NotFound as exc:
+        raise RestoreError(exc.message) from None
     if backup.encryption_key_id:
         import pyrage
 

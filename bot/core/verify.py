@@ -3,6 +3,7 @@ table of contents), and the report comparing a restored database with the backup
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,23 @@ def precheck(backup: Backup, storage: Storage) -> None:
             pass
     finally:
         reader.close()
+
+
+def read_roles_dump(backup: Backup, storage: Storage) -> bytes:
+    """The stored roles dump (encrypted or not), checked against the SHA-256 its manifest
+    recorded (backups from before that was recorded: presence only)."""
+    key = backup.manifest.get("roles_dump") or backup.manifest.get("files", {}).get("roles")
+    if not key:
+        raise NotFound(f"backup {backup.id} has no roles dump")
+    what = f"the roles dump of the {storage.name} copy of {backup.id}"
+    try:
+        blob = storage.get_bytes(key)
+    except NotFound:
+        raise IntegrityError(f"{what} is gone ({key})") from None
+    expected = backup.manifest.get("roles_sha256")
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
+        raise IntegrityError(f"{what} does not match its recorded SHA-256: it was changed or damaged")
+    return blob
 
 
 def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
@@ -100,6 +118,11 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
                   if line and not line.startswith(";"))
     if entries == 0:
         return CopyCheck(storage.name, False, f"{what} has an empty table of contents")
+    if backup.manifest.get("roles_dump") or backup.manifest.get("files", {}).get("roles"):
+        try:
+            read_roles_dump(backup, storage)
+        except BackupbotError as exc:
+            return CopyCheck(storage.name, False, exc.message)
     return CopyCheck(storage.name, True, toc_entries=entries, toc=b"".join(out).decode("utf-8", "replace"))
 
 

@@ -219,6 +219,31 @@ def test_ctrl_c_after_an_in_place_restore_committed_says_the_target_changed(crm_
     assert [e["action"] for e in services.catalog.audit_events(5)][0] == "restore.failed"
 
 
+def test_a_changed_or_deleted_roles_dump_fails_verify_and_is_never_applied(crm_db, make_services, tmp_path):
+    import hashlib
+
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    roles = tmp_path / "backups" / "prod" / f"{backup.id}.roles.sql"
+    assert backup.manifest["roles_sha256"] == hashlib.sha256(roles.read_bytes()).hexdigest()
+    # GIVEN someone appended a superuser to the stored roles dump
+    roles.write_text(roles.read_text() + "CREATE ROLE qa_injected;\nALTER ROLE qa_injected WITH SUPERUSER LOGIN;\n")
+    # WHEN verifying THEN the copy fails, named as changed
+    [check] = services.verify(backup.id, actor="t", source="cli")
+    assert not check.ok and "roles dump" in (check.error or "") and "changed or damaged" in (check.error or "")
+    assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt"}
+    # AND reading it to apply it (restore --with-roles) refuses, whatever the copy's recorded state
+    from bot.core import restore as restore_mod
+
+    with pytest.raises(BackupbotError) as err:
+        restore_mod.load_roles_sql(backup, services.storages[0], None)
+    assert "changed or damaged" in err.value.message
+    # AND a deleted roles dump is named too
+    roles.unlink()
+    [check] = services.verify(backup.id, actor="t", source="cli")
+    assert not check.ok and "roles dump" in (check.error or "") and "is gone" in (check.error or "")
+
+
 def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
     import os
     import sys
