@@ -7,6 +7,7 @@ Validated once at start-up into a frozen object; a bad value is reported as
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import re
 import tomllib
@@ -144,11 +145,23 @@ def parse_duration(raw: str, where: str) -> timedelta:
     text = raw.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text and text[-1] in units:
-            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return timedelta(hours=float(text))
+        number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 3600)
+        seconds = float(number) * unit
+        if not math.isfinite(seconds) or abs(seconds) > 100 * 365 * 86400:
+            raise ValueError(raw)
+        return timedelta(seconds=seconds)
     except ValueError:
         raise ConfigError(f"{raw!r} is not a duration like 26h, 90m or 2d", where) from None
+
+
+def _age_recipient_ok(rec: str) -> bool:
+    import pyrage
+
+    try:
+        pyrage.x25519.Recipient.from_str(rec)
+    except Exception:  # pyrage's RecipientError (invalid Bech32, wrong length…)
+        return False
+    return True
 
 
 def _memory(raw: str) -> str:
@@ -303,8 +316,9 @@ def load_settings(
 
     recipients = _csv(r.str("ENCRYPTION_RECIPIENTS"))
     for rec in recipients:
-        if not rec.startswith("age1"):
-            raise ConfigError("each recipient must be an age public key (age1...)", "ENCRYPTION_RECIPIENTS")
+        if not rec.startswith("age1") or not _age_recipient_ok(rec):
+            raise ConfigError("each recipient must be an age public key (age1..., as `age-keygen -y` prints it)",
+                              "ENCRYPTION_RECIPIENTS")
     identity = r.str("AGE_IDENTITY_FILE")
     encryption = EncryptionSettings(recipients=recipients, identity_file=Path(identity) if identity else None)
 

@@ -72,3 +72,20 @@ def test_durations(raw, seconds):
 def test_bad_duration_names_the_variable():
     with pytest.raises(ConfigError, match=r"'soon' is not a duration like 26h, 90m or 2d \(MAX_BACKUP_AGE\)"):
         parse_duration("soon", "MAX_BACKUP_AGE")
+
+
+@pytest.mark.parametrize("raw", ["infh", "nan", "-infd", "1e300s", "", "h"])
+def test_durations_that_are_no_duration_are_refused_not_crashed_on(raw):
+    with pytest.raises(ConfigError, match=r"is not a duration like 26h"):
+        parse_duration(raw, "MAX_BACKUP_AGE")
+
+
+def test_an_encryption_recipient_that_is_not_a_valid_age_key_is_refused_at_start_up():
+    import pyrage
+
+    good = str(pyrage.x25519.Identity.generate().to_public())
+    env = {"DATABASE_URL": "postgresql://a@h/db"}
+    assert load_settings({**env, "ENCRYPTION_RECIPIENTS": good}, env_file=None).encryption.recipients == (good,)
+    for bad in ("age1garbage", good[:-1] + ("q" if good[-1] != "q" else "p"), "ssh-ed25519 AAAA"):
+        with pytest.raises(ConfigError, match=r"age public key .*\(ENCRYPTION_RECIPIENTS\)"):
+            load_settings({**env, "ENCRYPTION_RECIPIENTS": bad}, env_file=None)
