@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -308,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             args.actor = "unknown"
     handler = COMMANDS[args.command]
+    settings: Settings | None = None
     try:
         settings = None if args.command in NEEDS_NO_SETTINGS else load_settings(env_file=args.env_file)
         return handler(args, settings)
@@ -319,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except sqlite3.Error as exc:  # the catalog failed mid-way (disk full, I/O error, locked too long)
+        log.debug("catalog error", exc_info=True)
+        where = settings.catalog_path if settings is not None else "BACKUPBOT_DB"
+        print(f"error: the catalog {where} failed: {redact(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug: still one line, with the details in the log
         log.exception("unexpected error")
         print(f"error: unexpected {type(exc).__name__}: {redact(exc)}", file=sys.stderr)

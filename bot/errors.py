@@ -49,6 +49,10 @@ class StorageError(BackupbotError):
     """A destination could not store or return a copy."""
 
 
+class CatalogError(BackupbotError):
+    """The catalog (BACKUPBOT_DB) cannot be opened or written."""
+
+
 class NotFound(BackupbotError):
     """An id, target or copy does not exist."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.core.redact import redact
-from bot.errors import BackupbotError, NotFound
+from bot.errors import BackupbotError, CatalogError, NotFound
 
 
 def utcnow() -> datetime:
@@ -210,15 +210,19 @@ class Catalog:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        self._lock = threading.RLock()
-        self.db = _LockedDatabase(conn, self._lock)
-        self.migrate()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._lock = threading.RLock()
+            self.db = _LockedDatabase(conn, self._lock)
+            self.migrate()
+        except (sqlite3.Error, OSError) as exc:  # not a database, unreadable, read-only, disk full
+            raise CatalogError(f"cannot open the catalog {self.path} (BACKUPBOT_DB): "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager

@@ -257,6 +257,14 @@ def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: invalid configuration: RETENTION_DAILY must be a whole number, got 'seven' (RETENTION_DAILY)"
+    # A catalog that is not one (a stray file, a directory) is one line naming it, and is left as it was
+    (tmp_path / "notes.txt").write_text("not a database")
+    for path, why in [(tmp_path / "notes.txt", "file is not a database"), (tmp_path, "unable to open database file")]:
+        out = subprocess.run([sys.executable, "-m", "bot", "list"], env={**env, "BACKUPBOT_DB": str(path)},
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 1
+        assert out.stderr.strip().splitlines() == [f"error: cannot open the catalog {path} (BACKUPBOT_DB): {why}"]
+    assert (tmp_path / "notes.txt").read_text() == "not a database"
 
 
 def test_restore_into_an_existing_database_is_refused_and_leaves_it_untouched(crm_db, make_services, pg):
