@@ -29,6 +29,9 @@ def test_age_zstd_pg_restore_pipeline_restores_an_encrypted_backup(crm_db, make_
     # WHEN a person follows the README: check the checksum, then age -d | zstd -d | pg_restore
     sha = subprocess.run(["sha256sum", str(dump)], capture_output=True, text=True, check=True).stdout.split()[0]
     assert sha == backup.sha256
+    manifest = (tmp_path / "backups" / "prod" / f"{backup.id}.manifest.json").read_text()
+    roles_sha = subprocess.run(["sha256sum", str(roles)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert f'"roles_sha256": "{roles_sha}"' in manifest
     roles_sql = subprocess.run(["age", "-d", "-i", str(key), str(roles)], capture_output=True, check=True).stdout
     assert b"CREATE ROLE crm_app" in roles_sql
     pipeline = (f"age -d -i '{key}' '{dump}' | zstd -d | '{bindir}/pg_restore' --exit-on-error "
