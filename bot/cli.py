@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sqlite3
 import sys
 import time
@@ -232,6 +233,15 @@ COMMANDS.update(cli_schedules.COMMANDS)  # checklist, drill, schedule
 NEEDS_NO_SETTINGS = {"demo"}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, `kill`): unwinds like Ctrl-C, so a backup removes its partial files
+    and its run is marked failed instead of the process just vanishing."""
+
+
+def _terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backupbot", description="Back up, verify and restore PostgreSQL.")
     p.add_argument("--env-file", default=".env", help="optional .env file (default: ./.env)")
@@ -309,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             args.actor = "unknown"
     handler = COMMANDS[args.command]
+    signal.signal(signal.SIGTERM, _terminated)  # `run` installs its own (a clean shutdown)
     settings: Settings | None = None
     try:
         settings = None if args.command in NEEDS_NO_SETTINGS else load_settings(env_file=args.env_file)
@@ -318,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose and exc.detail:
             print(exc.detail, file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # the work in progress cleaned up on the way here
+        print("error: terminated (SIGTERM)" if isinstance(exc, Terminated) else "error: interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except sqlite3.Error as exc:  # the catalog failed mid-way (disk full, I/O error, locked too long)
         log.debug("catalog error", exc_info=True)
         where = settings.catalog_path if settings is not None else "BACKUPBOT_DB"

@@ -244,6 +244,40 @@ def test_a_changed_or_deleted_roles_dump_fails_verify_and_is_never_applied(crm_d
     assert not check.ok and "roles dump" in (check.error or "") and "is gone" in (check.error or "")
 
 
+STALL_AFTER_64K = """#!/usr/bin/env python3
+import os, subprocess, sys, time
+if "--version" in sys.argv:
+    os.execv("@REAL@/pg_dump", ["pg_dump", "--version"])
+real = subprocess.Popen(["@REAL@/pg_dump", *sys.argv[1:]], stdout=subprocess.PIPE)
+sys.stdout.buffer.write(real.stdout.read(65536)); sys.stdout.flush()
+time.sleep(120)
+"""
+
+
+def test_sigterm_during_a_cli_backup_cleans_up_and_says_so(crm_db, tmp_path):
+    import os
+    import signal
+    import sys
+
+    from bot.core.catalog import Catalog
+    from tests.slack.support import until
+
+    # GIVEN `backupbot backup` in the middle of writing (pg_dump stalls after 64 KiB)
+    env = {**os.environ, "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod", "BACKUP_DIR": str(tmp_path / "b"),
+           "BACKUPBOT_DB": str(tmp_path / "c.db"), "PG_BINDIR": str(fake_bindir(tmp_path, {"pg_dump": STALL_AFTER_64K}))}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "backup"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    until(lambda: list((tmp_path / "b").rglob("*.partial-*")), timeout=30, what="a partial file")
+    # WHEN a supervisor stops it
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    # THEN it says so in one line, removes its partial file and closes its run as failed
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated (SIGTERM)", err
+    assert list((tmp_path / "b").rglob("*.partial-*")) == []
+    runs = Catalog(tmp_path / "c.db").runs(kind="backup")
+    assert runs[0]["status"] == "failed" and Catalog(tmp_path / "c.db").list() == []
+
+
 def test_cli_failure_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
     import os
     import sys

@@ -202,3 +202,22 @@ def test_stale_partials_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
     assert not old.exists()
     assert fresh.exists()
     assert storage.get_bytes("t/done.dump") == b"ok"
+
+
+def test_a_killed_backups_partial_goes_at_the_next_start_while_one_being_written_stays(tmp_path: Path) -> None:
+    # GIVEN a backup being written now (its writer holds the partial file's lock) for two hours,
+    # and the partial of a backup that was killed two minutes ago (nobody holds its lock)
+    storage = LocalStorage(tmp_path)
+    writing = storage.open_writer("t/live.dump")
+    writing.write(b"still coming")
+    [live] = list((tmp_path / "t").glob(".live.dump.partial-*"))
+    killed = tmp_path / "t" / ".killed.dump.partial-cccc"
+    killed.write_bytes(b"x" * 1000)
+    os.utime(killed, (time.time() - 120, time.time() - 120))
+    os.utime(live, (time.time() - 7200, time.time() - 7200))
+    # WHEN cleaning up at start-up
+    removed = remove_stale_partials(tmp_path)
+    # THEN the killed one is gone at once, the one being written is kept however old, and commits
+    assert removed == [killed] and live.exists()
+    assert writing.commit(expected_size=12, sha256="").size == 12
+    assert storage.get_bytes("t/live.dump") == b"still coming"

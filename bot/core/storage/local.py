@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +19,8 @@ from bot.errors import NotFound, StorageError
 log = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial-"
-STALE_PARTIAL_SECONDS = 3600
+STALE_PARTIAL_SECONDS = 3600  # where locks do not work
+UNLOCKED_PARTIAL_SECONDS = 60  # a writer locks its partial file just after making it
 
 
 def _is_partial(name: str) -> bool:
@@ -61,6 +63,10 @@ class LocalWriter:
         except OSError as exc:
             raise _io_error(exc, final) from None
         self._tmp = Path(tmp)
+        try:  # held while it is written: the start-up sweep leaves locked partial files alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a file system without locks: the sweep goes by age there
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> int:
@@ -217,11 +223,30 @@ class LocalStorage:
             return None
 
 
+def _unlocked(path: Path) -> bool | None:
+    """Whether no writer holds the partial file's lock (None: locks unsupported here)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def remove_stale_partials(
     root: Path, *, max_age_seconds: float = STALE_PARTIAL_SECONDS, now: float | None = None
 ) -> list[Path]:
-    """Delete partial files left by crashed runs; young ones may belong to a backup in progress."""
-    cutoff = (time.time() if now is None else now) - max_age_seconds
+    """Delete partial files left by crashed or killed runs. A writer locks its file: an unlocked
+    one is a leftover once it is a minute old (the lock is taken just after the file is made);
+    where locks do not work, only files older than ``max_age_seconds`` go."""
+    clock = time.time() if now is None else now
     removed: list[Path] = []
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
@@ -229,7 +254,9 @@ def remove_stale_partials(
                 continue
             path = Path(dirpath, name)
             try:
-                if path.stat().st_mtime < cutoff:
+                age = clock - path.stat().st_mtime
+                free = _unlocked(path)
+                if (free and age > UNLOCKED_PARTIAL_SECONDS) or (free is None and age > max_age_seconds):
                     path.unlink()
                     removed.append(path)
             except FileNotFoundError:
