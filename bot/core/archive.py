@@ -56,6 +56,9 @@ class TocSlot:
     state: int  # K_OFFSET_*: set, not set (has data, position unknown), no data
     offset: int  # meaningful when state is K_OFFSET_POS_SET
     field_pos: int  # where its offset field (a state byte and off_size bytes) sits in the file
+    tag: str = ""  # the object's name ("table name" for a constraint…), exactly, spaces and all
+    namespace: str = ""
+    deps: tuple[int, ...] = ()  # dump ids of the entries it depends on
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,10 @@ def read_toc(fd: int) -> ArchiveToc:
     return parse_toc(lambda pos, n: os.pread(fd, n, pos))
 
 
-def parse_toc(read_at: Callable[[int, int], bytes]) -> ArchiveToc:
+def parse_toc(read_at: Callable[[int, int], bytes], *, data_uncompressed: bool = True) -> ArchiveToc:
     """Parse an archive's header and TOC (layout: pg_backup_archiver.c, ReadHead and ReadToc;
-    pg_backup_custom.c, _ReadExtraToc)."""
+    pg_backup_custom.c, _ReadExtraToc). ``data_uncompressed``: refuse an archive whose data
+    pg_dump compressed (what the block finder needs; reading the TOC alone does not)."""
     r = _Reader(read_at)
     if r.take(len(MAGIC)) != MAGIC:
         raise ArchiveFormatError("not a pg_dump custom archive")
@@ -134,7 +138,7 @@ def parse_toc(read_at: Callable[[int, int], bytes]) -> ArchiveToc:
     if int_size != INT_SIZE or fmt != ARCH_CUSTOM or not 1 <= off_size <= 8:
         raise ArchiveFormatError("unexpected archive layout")
     compression = r.byte() if (vmaj, vmin) >= (1, 15) else r.int()
-    if compression != 0:
+    if compression != 0 and data_uncompressed:
         # Compressed blocks hold arbitrary bytes: the block-start sequence proves nothing there.
         raise ArchiveFormatError("the archive's data is compressed by pg_dump")
     for _ in range(7):  # creation time
@@ -148,23 +152,27 @@ def parse_toc(read_at: Callable[[int, int], bytes]) -> ArchiveToc:
         r.int()  # had a data dumper
         r.str()  # catalog id: table oid
         r.str()  # oid
-        r.str()  # tag
+        tag = (r.str() or b"").decode("utf-8", "replace")
         desc = (r.str() or b"").decode("utf-8", "replace")
         r.int()  # section
-        for _ in range(5):  # definition, drop statement, copy statement, namespace, tablespace
+        for _ in range(3):  # definition, drop statement, copy statement
             r.str()
+        namespace = (r.str() or b"").decode("utf-8", "replace")
+        r.str()  # tablespace
         if (vmaj, vmin) >= (1, 14):
             r.str()  # table access method
         r.str()  # owner
         r.str()  # "with oids" (always "false")
-        while r.str() is not None:  # dependencies, ended by a null string
-            pass
+        deps: list[int] = []
+        while (dep := r.str()) is not None:  # dependencies (decimal dump ids), ended by a null string
+            if dep.isdigit():
+                deps.append(int(dep))
         field_pos = r.pos
         state = r.byte()
         offset = int.from_bytes(r.take(off_size), "little")
         if state not in OFFSET_STATES or (state != K_OFFSET_POS_SET and offset != 0):
             raise ArchiveFormatError(f"unexpected data position for entry {dump_id}")
-        entries.append(TocSlot(dump_id, desc, state, offset, field_pos))
+        entries.append(TocSlot(dump_id, desc, state, offset, field_pos, tag, namespace, tuple(deps)))
     return ArchiveToc(off_size, r.pos, tuple(entries))
 
 

@@ -357,11 +357,15 @@ class ProcessSink:
     """stdin of a child process; once the child stops reading (pg_restore --list reads only the
     table of contents) further data is discarded so the whole copy is still checked."""
 
-    def __init__(self, stream: BinaryIO | None) -> None:
+    def __init__(self, stream: BinaryIO | None, keep_head: int = 0) -> None:
         self.stream = stream
         self.closed_early = False
+        self.keep_head = keep_head  # also keep the first bytes written (an archive's TOC)
+        self.head = bytearray()
 
     def write(self, data: bytes | memoryview) -> int:
+        if len(self.head) < self.keep_head:
+            self.head += data[:self.keep_head - len(self.head)]
         if self.stream is not None and not self.closed_early:
             try:
                 self.stream.write(data)

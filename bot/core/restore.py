@@ -50,6 +50,7 @@ from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, S
 from bot.render.common import human_bytes
 
 log = logging.getLogger(__name__)
+TOC_HEAD_BYTES = 16 << 20  # an archive's TOC is read from at most this much of its start
 
 MODES = ("into", "in-place", "to")
 _DBNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
@@ -426,11 +427,16 @@ def restore(
         # Over an existing database, a failure after the commit (even Ctrl-C) must not read as
         # "nothing happened": the target already holds the backup's data.
         committed = loaded and not created_db
+        hinted = bool(request.table and not created_db and not loaded and "other objects depend on it" in msg)
+        if hinted:
+            msg += (f"; other objects (foreign keys, views) depend on {request.table}, so it cannot be replaced on "
+                    "its own and nothing was changed: restore it --into a new database and copy back the rows you "
+                    "need, or restore the whole database")
         if committed:
             msg += (f"; pg_restore had already committed: {info.describe()} now holds the data of {backup.id}, "
                     "but its verification report did not run")
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
-        if committed:
+        if committed or hinted:
             raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id}: {msg}") from exc
         if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
             raise
@@ -444,17 +450,34 @@ def _restore_list(ctx: LoadContext, table: str | None,
                   toc_filter: Callable[[list[toc.TocEntry], LoadContext], list[toc.TocEntry]] | None) -> Path:
     """Read the archive's table of contents and write the `--use-list` file for this restore."""
     backup = ctx.backup
-    if ctx.archive is not None:
-        listing = Command("pg_restore", ctx.bindir).run(["--list", str(ctx.archive)]).stdout.decode("utf-8", "replace")
-    else:
-        check = verify_copy(backup, ctx.storage, identity_file=ctx.identity_file, bindir=ctx.bindir)
-        if not check.ok:
-            raise IntegrityError(check.error or f"cannot read the table of contents of {backup.id}")
-        listing = check.toc
+    slots: tuple[archive.TocSlot, ...] | None = None  # the archive's own TOC, with dependencies
+    try:
+        if ctx.archive is not None:
+            listing = Command("pg_restore", ctx.bindir).run(["--list", str(ctx.archive)]).stdout.decode("utf-8", "replace")
+            if table:
+                fd = os.open(ctx.archive, os.O_RDONLY)
+                try:
+                    slots = archive.parse_toc(lambda pos, n: os.pread(fd, n, pos), data_uncompressed=False).entries
+                finally:
+                    os.close(fd)
+        else:
+            check = verify_copy(backup, ctx.storage, identity_file=ctx.identity_file, bindir=ctx.bindir,
+                                keep_head=TOC_HEAD_BYTES if table else 0)
+            if not check.ok:
+                raise IntegrityError(check.error or f"cannot read the table of contents of {backup.id}")
+            listing = check.toc
+            if table:
+                head = check.head
+                slots = archive.parse_toc(lambda pos, n: head[pos:pos + n], data_uncompressed=False).entries
+    except archive.ArchiveFormatError as exc:  # an archive this reader does not know: go by names
+        log.info("%s: selecting the table by name (%s)", backup.id, exc)
     entries = toc.parse(listing)
     if table:
         schema, name = parse_table(table)
-        entries = toc.one_table(entries, schema, name)
+        if slots is not None:
+            entries = toc.one_table_by_deps(entries, slots, schema, name, with_shared=ctx.request.mode != "in-place")
+        else:
+            entries = toc.one_table(entries, schema, name)
         if not any(e.desc == "TABLE" for e in entries):
             raise NotFound(f"table {schema}.{name} is not in backup {backup.id}")
     if toc_filter is not None:

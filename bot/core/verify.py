@@ -24,6 +24,7 @@ class CopyCheck:
     error: str | None = None
     toc_entries: int = 0
     toc: str = ""  # the archive's table of contents, as `pg_restore --list` prints it
+    head: bytes = b""  # the archive's first bytes, when asked for (``keep_head``)
     key_problem: bool = False  # not ok because our key cannot open it: nothing said about the copy
 
 
@@ -61,7 +62,7 @@ def read_roles_dump(backup: Backup, storage: Storage) -> bytes:
 
 
 def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
-                bindir: Path | None = None) -> CopyCheck:
+                bindir: Path | None = None, keep_head: int = 0) -> CopyCheck:
     """Stream one stored copy through sha256 → decrypt → zstd → `pg_restore --list`."""
     what = f"the {storage.name} copy of {backup.id}"
     try:
@@ -72,7 +73,7 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         return CopyCheck(storage.name, False, exc.message)
     reader = HashingReader(raw, backup.sha256, what)
     lister = Command("pg_restore", bindir).popen(["--list"], None, stdin=subprocess.PIPE)
-    sink = ProcessSink(lister.proc.stdin)  # type: ignore[arg-type]
+    sink = ProcessSink(lister.proc.stdin, keep_head)  # type: ignore[arg-type]
     out: list[bytes] = []
     try:
         import threading
@@ -123,7 +124,8 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
             read_roles_dump(backup, storage)
         except BackupbotError as exc:
             return CopyCheck(storage.name, False, exc.message)
-    return CopyCheck(storage.name, True, toc_entries=entries, toc=b"".join(out).decode("utf-8", "replace"))
+    return CopyCheck(storage.name, True, toc_entries=entries, toc=b"".join(out).decode("utf-8", "replace"),
+                     head=bytes(sink.head))
 
 
 def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog, *,

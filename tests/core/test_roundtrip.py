@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pyrage
+import pytest
 
 from bot.core.restore import RestoreRequest
 from tests.fixtures.pg import query, table_checksums
@@ -128,6 +129,71 @@ def test_one_table_restore_into_new_database(crm_db, make_services):
     assert query(dst, "SELECT count(*) FROM crm.accounts")[0][0] == 200
     assert query(dst, "SELECT count(*) FROM pg_tables WHERE schemaname = 'crm'")[0][0] == 1
     assert restored.report.ok
+
+
+LOOKALIKES = """
+CREATE TABLE crm.deal (id serial PRIMARY KEY, title text);
+CREATE INDEX deal_title_idx ON crm.deal (title);
+CREATE INDEX deals_stage_idx ON crm.deals (stage);           -- 'deal' is in its name, not its table
+CREATE TABLE crm.contacts_archive (id serial PRIMARY KEY, email text);  -- contacts_archive_id_seq
+CREATE TABLE crm.tree (id int PRIMARY KEY, parent int REFERENCES crm.tree(id), label text);
+INSERT INTO crm.deal (title) SELECT 'd' || g FROM generate_series(1, 30) g;
+INSERT INTO crm.contacts_archive (email) SELECT g || '@old.example' FROM generate_series(1, 5) g;
+INSERT INTO crm.tree VALUES (1, NULL, 'root'), (2, 1, 'child');
+"""
+
+
+def _objects(url: str) -> set[str]:
+    return {f"{kind}:{name}" for kind, name in query(url, """
+        SELECT 'table', relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE nspname = 'crm' AND relkind IN ('r', 'S', 'i')
+        UNION ALL SELECT 'constraint', conname FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+         WHERE nspname = 'crm'""")}
+
+
+def test_one_table_takes_its_own_objects_by_the_archives_dependencies(crm_db, make_services):
+    # GIVEN tables whose names contain one another's (deal / deals, contacts / contacts_archive),
+    # and one that references itself
+    query(crm_db, LOOKALIKES)
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    # WHEN restoring crm.deal, crm.contacts and crm.tree each into a new database
+    for table, db in [("crm.deal", "one_deal"), ("crm.contacts", "one_contacts"), ("crm.tree", "one_tree")]:
+        restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into=db, table=table),
+                                       actor="t", source="cli")
+        assert restored.report.ok, (table, restored.report.lines())
+    # THEN each has its own table, sequence, indexes and constraints, and nothing of the look-alikes
+    assert _objects(_url_for(crm_db, "one_deal")) == {
+        "table:deal", "table:deal_id_seq", "table:deal_pkey", "table:deal_title_idx", "constraint:deal_pkey"}
+    contacts = _objects(_url_for(crm_db, "one_contacts"))
+    assert "table:contacts_id_seq" in contacts and not any("archive" in o for o in contacts), contacts
+    assert query(_url_for(crm_db, "one_deal"), "SELECT count(*) FROM crm.deal") == [(30,)]
+    # AND a foreign key to itself comes along (the table it points at is there)
+    assert "constraint:tree_parent_fkey" in _objects(_url_for(crm_db, "one_tree"))
+
+
+def test_one_table_in_place_keeps_its_foreign_keys_and_leaves_shared_functions_alone(crm_db, make_services):
+    # GIVEN crm.notes, whose foreign key points at crm.deals, and a trigger function other tables share
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+    before = _objects(crm_db)
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
+    # WHEN restoring just crm.notes over the database
+    restored, _ = services.restore(RestoreRequest(backup.id, mode="in-place", table="crm.notes"),
+                                   actor="t", source="cli", safety_backup=False)
+    # THEN its rows are back, and it still has its foreign key: every object is as it was
+    assert restored.report.ok, restored.report.lines()
+    assert query(crm_db, "SELECT count(*) FROM crm.notes") == [(800,)]
+    assert "constraint:notes_deal_id_fkey" in _objects(crm_db) and _objects(crm_db) == before
+    # AND a table others depend on (crm.deals: notes' foreign key, a view) is refused with what to do
+    from bot.errors import BackupbotError
+
+    with pytest.raises(BackupbotError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place", table="crm.deals"), actor="t", source="cli",
+                         safety_backup=False)
+    assert "other objects (foreign keys, views) depend on crm.deals" in err.value.message
+    assert "nothing was changed" in err.value.message and "--into" in err.value.message
+    assert _objects(crm_db) == before
 
 
 def test_restore_onto_fresh_server_with_roles_creates_missing_roles(crm_db, make_services, tmp_path):
