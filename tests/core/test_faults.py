@@ -250,6 +250,7 @@ if "--version" in sys.argv:
     os.execv("@REAL@/pg_dump", ["pg_dump", "--version"])
 real = subprocess.Popen(["@REAL@/pg_dump", *sys.argv[1:]], stdout=subprocess.PIPE)
 sys.stdout.buffer.write(real.stdout.read(65536)); sys.stdout.flush()
+open("@STALLED@", "w").close()  # the backup is now waiting in the middle of its stream
 time.sleep(120)
 """
 
@@ -263,11 +264,14 @@ def test_sigterm_during_a_cli_backup_cleans_up_and_says_so(crm_db, tmp_path):
     from tests.slack.support import until
 
     # GIVEN `backupbot backup` in the middle of writing (pg_dump stalls after 64 KiB)
+    stalled = tmp_path / "stalled"
+    script = STALL_AFTER_64K.replace("@STALLED@", str(stalled))
     env = {**os.environ, "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod", "BACKUP_DIR": str(tmp_path / "b"),
-           "BACKUPBOT_DB": str(tmp_path / "c.db"), "PG_BINDIR": str(fake_bindir(tmp_path, {"pg_dump": STALL_AFTER_64K}))}
+           "BACKUPBOT_DB": str(tmp_path / "c.db"), "PG_BINDIR": str(fake_bindir(tmp_path, {"pg_dump": script}))}
     proc = subprocess.Popen([sys.executable, "-m", "bot", "backup"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    until(lambda: list((tmp_path / "b").rglob("*.partial-*")), timeout=30, what="a partial file")
+    until(lambda: stalled.exists(), timeout=30, what="pg_dump stalled mid-stream")
+    assert list((tmp_path / "b").rglob("*.partial-*"))  # the backup is writing its partial file
     # WHEN a supervisor stops it
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)

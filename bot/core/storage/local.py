@@ -63,11 +63,16 @@ class LocalWriter:
         except OSError as exc:
             raise _io_error(exc, final) from None
         self._tmp = Path(tmp)
-        try:  # held while it is written: the start-up sweep leaves locked partial files alone
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # a file system without locks: the sweep goes by age there
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        try:
+            try:  # held while it is written: the start-up sweep leaves locked partial files alone
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass  # a file system without locks: the sweep goes by age there
+            self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) before anyone holds this writer
+            os.close(fd)
+            self._tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, data: bytes) -> int:
         if self._file is None:
