@@ -264,6 +264,11 @@ def load_identities(identity_file: Path | None) -> list[object]:
     return keys
 
 
+class DecryptError(IntegrityError):
+    """age could not decrypt: a wrong key, or a copy damaged before its checksum was taken (the
+    caller tells them apart by hashing the whole copy)."""
+
+
 def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_file: Path | None) -> None:
     """Decrypt (when needed) and decompress ``reader`` into ``sink``; raise IntegrityError on any
     corruption (checksum, age authentication, zstd frame)."""
@@ -293,7 +298,7 @@ def decode(reader: HashingReader, sink: BinaryIO, *, encrypted: bool, identity_f
         if not encrypted:
             raise
         reader.check()
-        raise IntegrityError(f"{reader.what} cannot be decrypted ({exc}): wrong key or corrupt copy") from None
+        raise DecryptError(f"{reader.what} cannot be decrypted ({exc}): wrong key or corrupt copy") from None
 
 
 def _reraise_read_failure(reader: HashingReader) -> None:

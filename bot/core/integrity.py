@@ -27,7 +27,7 @@ ALERT_REPEAT = timedelta(days=6)  # a weekly check: repeat an unresolved finding
 class Finding:
     target: str
     backup_id: str
-    kind: str  # "missing" | "corrupt" | "disagree"
+    kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy)
     text: str
 
 
@@ -95,7 +95,7 @@ def check_integrity(services: Services, *, actor: str = "backupbot", source: str
                 report.findings.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
             for r in results:
                 if not r.ok:
-                    kind = "missing" if "missing" in (r.error or "") else "corrupt"
+                    kind = ("key" if r.key_problem else "missing" if "missing" in (r.error or "") else "corrupt")
                     report.findings.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
             refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
             for text in disagreements(refreshed):
@@ -118,5 +118,8 @@ def alert_on(report: IntegrityReport, alarms: Alarms, *, now: datetime) -> None:
         alarms.fire("integrity", name, f"integrity check of {name}: {len(findings)} problem(s) in "
                                        f"{len(backups)} backup(s)",
                     now=now, every=ALERT_REPEAT, detail=detail,
-                    hint="A missing or corrupt copy cannot be restored from: take a fresh backup "
-                         "(`/backup now`) and look after the storage behind the failing copy.")
+                    hint=("A missing or corrupt copy cannot be restored from: take a fresh backup "
+                          "(`/backup now`) and look after the storage behind the failing copy."
+                          if any(f.kind != "key" for f in findings) else
+                          "The copies are intact, but the configured age key cannot open them: check "
+                          "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS)."))

@@ -24,7 +24,14 @@ from psycopg import sql
 
 from bot.core import archive, toc
 from bot.core.catalog import Backup, Catalog
-from bot.core.codec import HashingReader, ProcessSink, ThreadedWriter, decode, load_identities
+from bot.core.codec import (
+    DecryptError,
+    HashingReader,
+    ProcessSink,
+    ThreadedWriter,
+    decode,
+    load_identities,
+)
 from bot.core.inspect import inspect_database
 from bot.core.pgtools import (
     Command,
@@ -139,7 +146,7 @@ def _unpack_intact(backup: Backup, storage: Storage, identity_file: Path | None,
     its own, and if it is intact the error is the key's, raised as a RestoreError instead."""
     try:
         return Spool.unpack(backup, storage, identity_file, temp_dir)
-    except IntegrityError as exc:
+    except DecryptError as exc:
         precheck(backup, storage)  # raises IntegrityError when the copy is corrupt
         raise RestoreError(f"{exc.message} (the {storage.name} copy itself is intact: its SHA-256 matches)") from None
 
@@ -423,7 +430,9 @@ def restore(
             kept = _drop_roles(*created_roles)
             if kept:
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"
-        msg = (exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}") + left
+        msg = (exc.message if isinstance(exc, BackupbotError)
+               else "interrupted" if isinstance(exc, KeyboardInterrupt)
+               else f"{type(exc).__name__}: {redact(exc)}") + left
         # Over an existing database, a failure after the commit (even Ctrl-C) must not read as
         # "nothing happened": the target already holds the backup's data.
         committed = loaded and not created_db
@@ -437,7 +446,10 @@ def restore(
                     "but its verification report did not run")
         catalog.finish_run(run_id, "failed", backup_id=backup.id, error=msg)
         if committed or hinted:
-            raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id}: {msg}") from exc
+            err = RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id}: {msg}")
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the exit status still says so
+                err.exit_code = 130
+            raise err from exc
         if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
             raise
         raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
@@ -474,10 +486,16 @@ def _restore_list(ctx: LoadContext, table: str | None,
     entries = toc.parse(listing)
     if table:
         schema, name = parse_table(table)
+        over_existing = ctx.request.mode == "in-place"
         if slots is not None:
-            entries = toc.one_table_by_deps(entries, slots, schema, name, with_shared=ctx.request.mode != "in-place")
+            try:
+                entries = toc.one_table_by_deps(entries, slots, schema, name, with_shared=not over_existing)
+            except toc.Unsupported as exc:
+                raise RestoreError(f"{exc} (nothing was changed)") from None
         else:
             entries = toc.one_table(entries, schema, name)
+            if over_existing:  # the shared objects are there; --clean would drop and recreate them
+                entries = [e for e in entries if e.desc not in ("SCHEMA", "TYPE", "DOMAIN", "FUNCTION")]
         if not any(e.desc == "TABLE" for e in entries):
             raise NotFound(f"table {schema}.{name} is not in backup {backup.id}")
     if toc_filter is not None:

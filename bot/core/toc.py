@@ -65,24 +65,33 @@ def list_file(entries: Iterable[TocEntry]) -> str:
 # else that is a relation. Its FK constraints are decided apart (see one_table_by_deps).
 _OWNED = {"TABLE DATA", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "INDEX", "TRIGGER", "POLICY",
           "ROW SECURITY", "ACL", "COMMENT", "SECURITY LABEL", "SEQUENCE", "SEQUENCE OWNED BY",
-          "SEQUENCE SET", "RULE", "STATISTICS"}
+          "SEQUENCE SET", "RULE", "STATISTICS", "TABLE ATTACH", "INDEX ATTACH"}
 _RELATIONS = {"TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"}
 # What it may need to exist first, in a database that has nothing yet.
 _SHARED = {"SCHEMA", "TYPE", "SHELL TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "COLLATION", "EXTENSION"}
+_ABOUT = {"ACL", "COMMENT", "SECURITY LABEL"}  # grants and comments follow what they are about
+
+
+class Unsupported(ValueError):
+    """A one-table restore that would do harm (drop or detach partitions): refused, untouched."""
 
 
 def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot], schema: str, table: str,
                       *, with_shared: bool = True) -> list[TocEntry]:
     """One table by the archive's own dependency lists (exact names, no guessing by name): the
     table, what depends on it alone (data, defaults, its sequences, constraints, indexes,
-    triggers, policies, RLS, grants, comments) and, ``with_shared``, what those need that a new
-    database lacks (schema, types, domains, functions, extensions) plus, as before, the types,
-    domains and functions of its schema. Over an existing database (``with_shared`` False)
-    only the table's own objects: the shared ones are there, and --clean would drop them.
+    triggers, policies, RLS, grants, comments).
 
-    Its foreign keys: over an existing database all of them (the tables they reference are
-    there; dropping the table dropped them); into a new one those whose referenced tables come
-    along (a self-reference), since the others would have nothing to point at."""
+    ``with_shared`` (into a new database): also what those need that the database lacks
+    (schema, types, domains, functions, extensions, with their grants), the types, domains and
+    functions of its schema, its partitions or inheritance children with their data, and the
+    foreign keys whose referenced tables come along (a self-reference).
+
+    Over an existing database (``with_shared`` False): only the table's own objects, its own
+    foreign keys and policies included whatever else they mention (those tables are there); the
+    shared objects are there too, and --clean would drop them. A table with partitions or
+    inheritance children, or one that is a partition or child itself, is refused: dropping it
+    would take the others along or detach it."""
     by_id = {s.dump_id: s for s in slots}
     roots = [s.dump_id for s in by_id.values() if s.desc == "TABLE" and s.namespace == schema and s.tag == table]
     if not roots:
@@ -91,24 +100,43 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
     for s in by_id.values():
         for d in set(s.deps):
             dependents.setdefault(d, []).append(s)
+
+    def relations(s: archive.TocSlot) -> set[int]:
+        return {d for d in s.deps if d in by_id and by_id[d].desc in _RELATIONS}
+
+    if not with_shared:
+        root = by_id[roots[0]]
+        kin = [s for s in dependents.get(root.dump_id, []) if s.desc in ("TABLE", "TABLE ATTACH")]
+        if kin or relations(root):
+            raise Unsupported(f"{schema}.{table} is partitioned, inherited from, or a partition or child of another "
+                              "table: restoring it alone over the database would drop or detach the others. "
+                              "Restore it --into a new database, or restore the whole database")
     keep = set(roots)
 
-    def relations_ok(s: archive.TocSlot) -> bool:  # e.g. a policy whose subquery reads another table
-        return not with_shared or all(d in keep for d in s.deps if d in by_id and by_id[d].desc in _RELATIONS)
+    def relations_ok(s: archive.TocSlot) -> bool:
+        if relations(s) <= keep:
+            return True
+        # over the database: the table's own policy, trigger or rule that also reads another table
+        return not with_shared and s.desc in ("POLICY", "TRIGGER", "RULE") and s.tag.startswith(table + " ")
 
     def fk_ok(s: archive.TocSlot) -> bool:
-        tables = {d for d in s.deps if d in by_id and by_id[d].desc in _RELATIONS}
+        tables = relations(s)
         referenced = {t for d in s.deps if d in by_id and by_id[d].desc in ("CONSTRAINT", "INDEX")
                       for t in by_id[d].deps if t in by_id and by_id[t].desc in _RELATIONS}
         own = (tables - referenced) or tables  # a self-reference: the same table both ways
         return own <= keep and (referenced <= keep or not with_shared)
 
+    def admit(s: archive.TocSlot) -> bool:
+        if s.desc == "FK CONSTRAINT":
+            return fk_ok(s)
+        if s.desc == "TABLE":  # a partition or inheritance child: into a new database, with its data
+            return with_shared and relations(s) <= keep
+        return s.desc in _OWNED and relations_ok(s)
+
     frontier = list(roots)
     while frontier:
         for s in dependents.get(frontier.pop(), []):
-            if s.dump_id in keep:
-                continue
-            if not (fk_ok(s) if s.desc == "FK CONSTRAINT" else s.desc in _OWNED and relations_ok(s)):
+            if s.dump_id in keep or not admit(s):
                 continue
             keep.add(s.dump_id)
             frontier.append(s.dump_id)
@@ -118,16 +146,19 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
                         keep.add(d)
                         frontier.append(d)
     if with_shared:
-        needs = [d for k in keep for d in by_id[k].deps]
+        # the schema's types and functions, which its functions may use without a recorded dependency
+        extras = [s.dump_id for s in by_id.values() if s.namespace == schema and s.desc in ("TYPE", "DOMAIN", "FUNCTION")]
+        needs = [d for k in keep for d in by_id[k].deps] + extras
+        shared: set[int] = set()
         while needs:
             d = needs.pop()
             if d in by_id and d not in keep and by_id[d].desc in _SHARED:
                 keep.add(d)
+                shared.add(d)
                 needs.extend(by_id[d].deps)
-    # with_shared, as one_table: the schema's types and functions, which the table's functions
-    # may use without a recorded dependency
-    return [e for e in entries if e.dump_id in keep
-            or (with_shared and e.schema == schema and e.desc in ("TYPE", "DOMAIN", "FUNCTION"))]
+        for d in shared:  # their grants and comments, or a function comes back executable by anyone
+            keep.update(s.dump_id for s in dependents.get(d, []) if s.desc in _ABOUT and relations(s) <= keep)
+    return [e for e in entries if e.dump_id in keep]
 
 
 def one_table(entries: list[TocEntry], schema: str, table: str) -> list[TocEntry]:

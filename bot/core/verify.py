@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.core.catalog import Backup, Catalog
-from bot.core.codec import HashingReader, ProcessSink, decode, load_identities
+from bot.core.codec import DecryptError, HashingReader, ProcessSink, decode, load_identities
 from bot.core.pgtools import Command
 from bot.core.storage.base import Storage
 from bot.errors import BackupbotError, IntegrityError, NotFound
@@ -91,11 +91,14 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
     except IntegrityError as exc:
         lister.kill()
         reader.close()
-        if backup.encryption_key_id:  # a wrong key fails at once, before the copy was hashed
+        if isinstance(exc, DecryptError):  # a wrong key fails at once, before the copy was hashed
             try:
                 precheck(backup, storage)
-            except BackupbotError:
+            except (IntegrityError, NotFound):
                 pass  # the copy is at fault
+            except BackupbotError as again:  # unreadable now: nothing can be said about the copy
+                return CopyCheck(storage.name, False, f"{exc.message}; re-reading it to tell a wrong key from a "
+                                 f"damaged copy failed: {again.message}", key_problem=True)
             else:
                 return CopyCheck(storage.name, False, f"{exc.message} (the copy itself is intact: its SHA-256 "
                                  "matches; check AGE_IDENTITY_FILE)", key_problem=True)
@@ -148,15 +151,16 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
             results.append(CopyCheck(copy.destination, False, f"destination {copy.destination} is not configured now"))
             continue
         results.append(verify_copy(backup, storage, identity_file=identity_file, bindir=bindir))
-    ok = bool(results) and all(r.ok for r in results)
-    if any(r.key_problem for r in results):
-        # Our key could not open a copy whose bytes match their checksum: that says nothing about
-        # the backup, so its recorded state (and what retention and restores rely on) stays.
+    # A copy our key could not open, though its bytes match their checksum, says nothing about the
+    # backup: it is not recorded, and when no copy failed on its own the backup's state stays.
+    judged = [r for r in results if not r.key_problem]
+    if len(judged) < len(results) and all(r.ok for r in judged):
         return results
+    ok = bool(results) and all(r.ok for r in results)
     catalog.set_verify(
         backup.id, ok, "; ".join(r.error for r in results if r.error) or None,
         {r.destination: ("stored" if r.ok else ("missing" if "missing" in (r.error or "") else "corrupt"), r.error)
-         for r in results if r.destination in {c.destination for c in backup.copies}},
+         for r in judged if r.destination in {c.destination for c in backup.copies}},
     )
     return results
 

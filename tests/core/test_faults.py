@@ -211,6 +211,7 @@ def test_ctrl_c_after_an_in_place_restore_committed_says_the_target_changed(crm_
         services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli", safety_backup=False)
     # THEN the message and the run say the target now holds the backup, not "interrupted" alone
     assert "pg_restore had already committed" in err.value.message and backup.id in err.value.message
+    assert "interrupted" in err.value.message and err.value.exit_code == 130  # still an interruption
     assert "verification report did not run" in err.value.message
     run = services.catalog.runs(kind="restore")[0]
     assert run["status"] == "failed" and "already committed" in run["error"]

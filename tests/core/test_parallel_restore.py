@@ -402,3 +402,29 @@ def test_a_wrong_key_is_not_blamed_on_the_copy(crm_db, make_services, tmp_path):
     [check] = services.verify(backup.id, actor="t", source="cli")
     assert not check.ok and not check.key_problem
     assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt"}
+
+
+def test_content_damaged_before_its_checksum_is_corrupt_not_a_key_problem(crm_db, make_services, tmp_path):
+    """A copy whose bytes match their recorded SHA-256 but do not decompress was damaged before
+    it was hashed: that is the copy's fault, whatever the key."""
+    import hashlib
+
+    import pyrage
+
+    right = pyrage.x25519.Identity.generate()
+    (tmp_path / "right.key").write_text(str(right))
+    services = make_services(crm_db, ENCRYPTION_RECIPIENTS=str(right.to_public()),
+                             AGE_IDENTITY_FILE=str(tmp_path / "right.key"))
+    backup = services.backup(actor="t", source="cli").backup
+    # GIVEN the local copy replaced by a valid age file of random bytes, recorded as if it were the backup
+    path = next((tmp_path / "backups").rglob(f"{backup.id}.dump.zst.age"))
+    junk = pyrage.encrypt(os.urandom(200_000), [right.to_public()])
+    path.write_bytes(junk)
+    services.catalog.db.execute("UPDATE backups SET sha256 = ?, size_bytes = ? WHERE id = ?",
+                                [hashlib.sha256(junk).hexdigest(), len(junk), backup.id])
+    services.catalog.db.execute("UPDATE copies SET size_bytes = ? WHERE backup_id = ?", [len(junk), backup.id])
+    # WHEN verifying with the right key THEN it is corrupt, and recorded so
+    [check] = services.verify(backup.id, actor="t", source="cli")
+    assert not check.ok and not check.key_problem, check
+    assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt"}
+    assert services.get_backup(backup.id).verify_status == "failed"

@@ -248,3 +248,57 @@ def test_restore_to_a_configured_target_name_takes_a_safety_backup_first(crm_db,
     assert safety is not None and safety.target == "staging" and "pre-restore" in safety.tags
     assert restored.report.ok
     assert table_checksums(staging) == table_checksums(crm_db)
+
+
+EDGES = """
+CREATE TABLE crm.pp (id int, v text) PARTITION BY RANGE (id);
+CREATE TABLE crm.pp_1 PARTITION OF crm.pp FOR VALUES FROM (0) TO (100);
+CREATE TABLE crm.pp_2 PARTITION OF crm.pp FOR VALUES FROM (100) TO (200);
+INSERT INTO crm.pp SELECT g, 'v' FROM generate_series(1, 150) g;
+CREATE TABLE crm.u (id int PRIMARY KEY);
+CREATE TABLE crm.t (id int);
+INSERT INTO crm.u VALUES (1), (2); INSERT INTO crm.t VALUES (1), (2), (3);
+ALTER TABLE crm.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY restr ON crm.t AS RESTRICTIVE USING (id IN (SELECT id FROM crm.u));
+CREATE FUNCTION crm.secret() RETURNS int SECURITY DEFINER LANGUAGE sql AS 'SELECT 1';
+REVOKE EXECUTE ON FUNCTION crm.secret() FROM PUBLIC;
+"""
+
+
+def test_one_table_with_partitions_policies_on_others_and_private_functions(crm_db, make_services):
+    from bot.errors import BackupbotError
+
+    query(crm_db, EDGES)
+    services = make_services(crm_db)
+    backup = services.backup(actor="tester", source="cli").backup
+
+    def in_place(table: str):
+        return services.restore(RestoreRequest(backup.id, mode="in-place", table=table), actor="t", source="cli",
+                                safety_backup=False)
+
+    # Over the database, a partitioned table or one partition is refused before anything happens
+    for table in ("crm.pp", "crm.pp_1"):
+        with pytest.raises(BackupbotError) as err:
+            in_place(table)
+        assert "partition" in err.value.message and "nothing was changed" in err.value.message, err.value.message
+    assert query(crm_db, "SELECT count(*) FROM crm.pp") == [(150,)]
+    assert query(crm_db, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'crm.pp'::regclass") == [(2,)]
+    # Into a new database, a partitioned table comes with its partitions and their rows
+    restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into="one_pp", table="crm.pp"),
+                                   actor="t", source="cli")
+    assert query(_url_for(crm_db, "one_pp"), "SELECT count(*) FROM crm.pp") == [(150,)]
+    # While crm.t's policy reads crm.u, crm.u cannot be replaced alone (refused, with what to do)
+    with pytest.raises(BackupbotError) as err:
+        in_place("crm.u")
+    assert "depend on crm.u" in err.value.message and "nothing was changed" in err.value.message
+    # Once tightened so it does not, restoring crm.u leaves crm.t's policy as it is now
+    query(crm_db, "ALTER POLICY restr ON crm.t USING (false)")
+    in_place("crm.u")
+    assert query(crm_db, "SELECT qual FROM pg_policies WHERE policyname = 'restr'") == [("false",)]
+    # and restoring crm.t brings its own policy back as the backup has it
+    restored, _ = in_place("crm.t")
+    assert "crm.u" in query(crm_db, "SELECT qual FROM pg_policies WHERE policyname = 'restr'")[0][0]
+    # Into a new database, the schema's functions keep their grants (EXECUTE revoked from PUBLIC)
+    services.restore(RestoreRequest(backup.id, mode="into", into="one_t", table="crm.t"), actor="t", source="cli")
+    assert query(_url_for(crm_db, "one_t"), "SELECT has_function_privilege('public', 'crm.secret()', 'EXECUTE')") \
+        == [(False,)]

@@ -65,7 +65,7 @@ class LocalWriter:
         self._tmp = Path(tmp)
         try:
             try:  # held while it is written: the start-up sweep leaves locked partial files alone
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a sweep probing this very file
             except OSError:
                 pass  # a file system without locks: the sweep goes by age there
             self._file: BinaryIO | None = os.fdopen(fd, "wb")
@@ -260,8 +260,10 @@ def remove_stale_partials(
             path = Path(dirpath, name)
             try:
                 age = clock - path.stat().st_mtime
+                if age <= UNLOCKED_PARTIAL_SECONDS:
+                    continue  # young: its writer may not hold the lock yet
                 free = _unlocked(path)
-                if (free and age > UNLOCKED_PARTIAL_SECONDS) or (free is None and age > max_age_seconds):
+                if free or (free is None and age > max_age_seconds):
                     path.unlink()
                     removed.append(path)
             except FileNotFoundError:
