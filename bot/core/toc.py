@@ -134,6 +134,11 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
         return s.desc in _OWNED and relations_ok(s)
 
     frontier = list(roots)
+    if with_shared:  # a sequence its CREATE TABLE itself uses (an inline default), e.g. one shared by two tables
+        for d in by_id[roots[0]].deps:
+            if d in by_id and by_id[d].desc == "SEQUENCE" and d not in keep:
+                keep.add(d)
+                frontier.append(d)
     while frontier:
         for s in dependents.get(frontier.pop(), []):
             if s.dump_id in keep or not admit(s):

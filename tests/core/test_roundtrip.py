@@ -137,6 +137,10 @@ CREATE INDEX deal_title_idx ON crm.deal (title);
 CREATE INDEX deals_stage_idx ON crm.deals (stage);           -- 'deal' is in its name, not its table
 CREATE TABLE crm.contacts_archive (id serial PRIMARY KEY, email text);  -- contacts_archive_id_seq
 CREATE TABLE crm.tree (id int PRIMARY KEY, parent int REFERENCES crm.tree(id), label text);
+CREATE SEQUENCE crm.shared_seq;                               -- used inline by two tables' defaults
+CREATE TABLE crm.sa (id bigint DEFAULT nextval('crm.shared_seq') PRIMARY KEY);
+CREATE TABLE crm.sb (id bigint DEFAULT nextval('crm.shared_seq') PRIMARY KEY);
+INSERT INTO crm.sa DEFAULT VALUES; INSERT INTO crm.sb DEFAULT VALUES;
 INSERT INTO crm.deal (title) SELECT 'd' || g FROM generate_series(1, 30) g;
 INSERT INTO crm.contacts_archive (email) SELECT g || '@old.example' FROM generate_series(1, 5) g;
 INSERT INTO crm.tree VALUES (1, NULL, 'root'), (2, 1, 'child');
@@ -158,7 +162,8 @@ def test_one_table_takes_its_own_objects_by_the_archives_dependencies(crm_db, ma
     services = make_services(crm_db)
     backup = services.backup(actor="tester", source="cli").backup
     # WHEN restoring crm.deal, crm.contacts and crm.tree each into a new database
-    for table, db in [("crm.deal", "one_deal"), ("crm.contacts", "one_contacts"), ("crm.tree", "one_tree")]:
+    for table, db in [("crm.deal", "one_deal"), ("crm.contacts", "one_contacts"), ("crm.tree", "one_tree"),
+                      ("crm.sa", "one_sa")]:
         restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into=db, table=table),
                                        actor="t", source="cli")
         assert restored.report.ok, (table, restored.report.lines())
@@ -168,6 +173,8 @@ def test_one_table_takes_its_own_objects_by_the_archives_dependencies(crm_db, ma
     contacts = _objects(_url_for(crm_db, "one_contacts"))
     assert "table:contacts_id_seq" in contacts and not any("archive" in o for o in contacts), contacts
     assert query(_url_for(crm_db, "one_deal"), "SELECT count(*) FROM crm.deal") == [(30,)]
+    # AND a sequence its default shares with another table comes along, at its value
+    assert query(_url_for(crm_db, "one_sa"), "SELECT last_value FROM crm.shared_seq") == [(2,)]
     # AND a foreign key to itself comes along (the table it points at is there)
     assert "constraint:tree_parent_fkey" in _objects(_url_for(crm_db, "one_tree"))
 
