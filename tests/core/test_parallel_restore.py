@@ -428,3 +428,28 @@ def test_content_damaged_before_its_checksum_is_corrupt_not_a_key_problem(crm_db
     assert not check.ok and not check.key_problem, check
     assert {c.destination: c.status for c in services.get_backup(backup.id).copies} == {"local": "corrupt"}
     assert services.get_backup(backup.id).verify_status == "failed"
+
+
+def test_a_copy_corrupt_on_its_own_is_recorded_beside_a_key_problem(crm_db, make_services, s3_bucket, tmp_path):
+    import pyrage
+
+    right, wrong = pyrage.x25519.Identity.generate(), pyrage.x25519.Identity.generate()
+    (tmp_path / "right.key").write_text(str(right))
+    (tmp_path / "wrong.key").write_text(str(wrong))
+    s3 = {"S3_BUCKET": s3_bucket.bucket, "S3_ENDPOINT_URL": s3_bucket.endpoint_url or "", "S3_REGION": "us-east-1",
+          "ENCRYPTION_RECIPIENTS": str(right.to_public())}
+    backup = make_services(crm_db, AGE_IDENTITY_FILE=str(tmp_path / "right.key"), **s3).backup(
+        actor="t", source="cli").backup
+    # GIVEN the local copy damaged, the S3 copy intact, and a bot holding the wrong key
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst.age"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    services = make_services(crm_db, AGE_IDENTITY_FILE=str(tmp_path / "wrong.key"), **s3)
+    # WHEN verifying
+    checks = {c.destination: c for c in services.verify(backup.id, actor="t", source="cli")}
+    # THEN the damaged copy is recorded corrupt, the intact one is left as it was
+    assert not checks["local"].key_problem and checks["s3"].key_problem
+    after = services.get_backup(backup.id)
+    assert {c.destination: c.status for c in after.copies} == {"local": "corrupt", "s3": "stored"}
+    assert after.verify_status == "failed"
