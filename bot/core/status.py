@@ -96,7 +96,9 @@ class StatusReport:
 
     @property
     def ok(self) -> bool:
-        return not self.alerts and all(not t.stale for t in self.targets) and all(s.ok for s in self.sections)
+        # a database that cannot be reached now is one the next backup will fail on
+        return (not self.alerts and all(not t.stale and t.database_size_error is None for t in self.targets)
+                and all(s.ok for s in self.sections))
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -133,6 +133,13 @@ def test_an_unreachable_database_is_recorded_not_raised_and_status_shows_the_met
     section = status_section(services, T0)
     assert section.title == "Monitoring"
     assert any(line.startswith("local disk:") for line in section.lines)
+    # AND the status needs attention even with a fresh good backup: the next backup would fail
+    from bot.core.status import gather_status
+
+    add_backup_row(services.catalog, "prod", T0)
+    report = gather_status(services, now=T0 + timedelta(hours=1), sections=[])
+    assert report.targets[0].database_size_error and not report.targets[0].stale
+    assert report.ok is False
 
 
 def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(make_settings):
