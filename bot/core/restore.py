@@ -704,6 +704,10 @@ def _create_database(info: ConnInfo, name: str) -> None:
                                "choose a new name with --into (nothing was changed)")
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):  # made meanwhile
+            raise RestoreError(f"database {name} was created by someone else just now (another restore started "
+                               "in the same second?); run again, or choose a name with --into "
+                               "(nothing was changed)") from None
         except psycopg.Error as exc:
             raise RestoreError(f"cannot create database {name}: {exc.diag.message_primary or exc}") from None
 

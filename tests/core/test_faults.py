@@ -494,3 +494,34 @@ def test_roles_stay_when_the_restore_failed_after_committing(crm_db, make_servic
         roles = {r[0] for r in query(fresh.url("postgres"), "SELECT rolname FROM pg_roles")}
         assert {"crm_app", "crm_readonly", "sales_rep", "app_login_only"} <= roles
         assert table_checksums(fresh.url("crm")) == table_checksums(crm_db)
+
+
+def test_a_database_made_between_the_check_and_create_database_is_one_clear_line(crm_db, pg, monkeypatch):
+    """Two --into restores started in the same second pick the same default name."""
+    import psycopg
+
+    from bot.core import restore as restore_mod
+    from bot.core.pgtools import ConnInfo
+
+    pg.create_database("raced_db")
+    real = restore_mod._admin_conn
+
+    class CheckSeesNothing:  # the existence check ran just before the other restore created it
+        def __init__(self, conn: psycopg.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.conn.close()
+
+        def execute(self, query, params=None):
+            if str(query).startswith("SELECT 1 FROM pg_database"):
+                return self.conn.execute("SELECT 1 WHERE false")
+            return self.conn.execute(query, params)
+
+    monkeypatch.setattr(restore_mod, "_admin_conn", lambda info: CheckSeesNothing(real(info)))
+    with pytest.raises(RestoreError) as err:
+        restore_mod._create_database(ConnInfo.parse(crm_db), "raced_db")
+    assert "created by someone else just now" in err.value.message and "nothing was changed" in err.value.message
