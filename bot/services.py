@@ -32,7 +32,7 @@ from bot.core.restore import (
     restore,
 )
 from bot.core.storage import Storage, build_storages
-from bot.core.verify import CopyCheck, verify_backup
+from bot.core.verify import CopyCheck, moved_from, verify_backup
 from bot.errors import BackupbotError, Refused, RestoreError
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,11 @@ class Services:
         for backup_id in decision.delete:
             backup = by_id[backup_id]
             try:
+                for copy in backup.copies:
+                    storage = by_name.get(copy.destination)
+                    if storage is None or copy.status in ("failed", "deleted"):
+                        continue
+                    moved_from(backup, storage, raising=True)
                 for copy in backup.copies:
                     storage = by_name.get(copy.destination)
                     if storage is None or copy.status in ("failed", "deleted"):

@@ -28,6 +28,7 @@ class Finding:
     target: str
     backup_id: str
     kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy)
+    # | "moved" (recorded where the destination's settings no longer point)
     text: str
 
 
@@ -95,7 +96,8 @@ def check_integrity(services: Services, *, actor: str = "backupbot", source: str
                 report.findings.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
             for r in results:
                 if not r.ok:
-                    kind = ("key" if r.key_problem else "missing" if "missing" in (r.error or "") else "corrupt")
+                    kind = ("key" if r.key_problem else "moved" if r.moved
+                            else "missing" if "missing" in (r.error or "") else "corrupt")
                     report.findings.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
             refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
             for text in disagreements(refreshed):
@@ -120,6 +122,9 @@ def alert_on(report: IntegrityReport, alarms: Alarms, *, now: datetime) -> None:
                     now=now, every=ALERT_REPEAT, detail=detail,
                     hint=("A missing or corrupt copy cannot be restored from: take a fresh backup "
                           "(`/backup now`) and look after the storage behind the failing copy."
-                          if any(f.kind != "key" for f in findings) else
+                          if any(f.kind not in ("key", "moved") for f in findings) else
                           "The copies are intact, but the configured age key cannot open them: check "
-                          "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS)."))
+                          "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS)."
+                          if all(f.kind == "key" for f in findings) else
+                          "Copies sit where they were stored, not where the settings now look: move them "
+                          "there or restore the old BACKUP_DIR / S3 settings (details below)."))

@@ -48,6 +48,7 @@ from bot.core.verify import (
     Check,
     Report,
     compare,
+    moved_from,
     open_copy,
     precheck,
     read_roles_dump,
@@ -335,6 +336,11 @@ def restore(
                 storage = candidate
                 break
             except (IntegrityError, NotFound) as exc:
+                elsewhere = moved_from(backup, candidate) if isinstance(exc, NotFound) else None
+                if elsewhere:  # the settings moved, not the copy: nothing to record against it
+                    errors.append(elsewhere)
+                    unreadable += 1
+                    continue
                 errors.append(exc.message)
                 catalog.set_copy_status(backup.id, candidate.name, "corrupt" if isinstance(exc, IntegrityError) else "missing", exc.message)
                 # The backup is no longer what its verification said: retention and "latest good"

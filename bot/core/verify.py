@@ -14,7 +14,7 @@ from bot.core.catalog import Backup, Catalog
 from bot.core.codec import DecryptError, HashingReader, ProcessSink, decode, load_identities
 from bot.core.pgtools import Command
 from bot.core.storage.base import Storage
-from bot.errors import BackupbotError, IntegrityError, NotFound
+from bot.errors import BackupbotError, IntegrityError, NotFound, StorageError
 
 
 @dataclass
@@ -26,6 +26,28 @@ class CopyCheck:
     toc: str = ""  # the archive's table of contents, as `pg_restore --list` prints it
     head: bytes = b""  # the archive's first bytes, when asked for (``keep_head``)
     key_problem: bool = False  # not ok because our key cannot open it: nothing said about the copy
+    moved: bool = False  # not where the settings now look, but recorded elsewhere: nothing said either
+
+
+def moved_from(backup: Backup, storage: Storage, *, raising: bool = False) -> str | None:
+    """When the destination's settings changed since the copy was stored (BACKUP_DIR, S3_BUCKET,
+    S3_PREFIX), the copy is not where the destination now looks: say where it was recorded
+    (``raising``: as a StorageError, for what must not act on the wrong place)."""
+    copy = next((c for c in backup.copies if c.destination == storage.name), None)
+    if copy is None or not copy.location:
+        return None
+    try:
+        now = storage.location_of(backup.object_key)
+    except BackupbotError:
+        return None
+    if now == copy.location:
+        return None
+    msg = (f"the {storage.name} copy of {backup.id} was stored at {copy.location}, but {storage.name} now looks "
+           f"at {now} (BACKUP_DIR, S3_BUCKET or S3_PREFIX changed?): move the files there, or set the old value "
+           "again")
+    if raising:
+        raise StorageError(msg + "; nothing was deleted")
+    return msg
 
 
 def open_copy(backup: Backup, storage: Storage, *, prefetch: bool = False) -> HashingReader:
@@ -68,6 +90,9 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
     try:
         raw = storage.open_reader(backup.object_key)
     except NotFound:
+        elsewhere = moved_from(backup, storage)
+        if elsewhere:
+            return CopyCheck(storage.name, False, elsewhere, moved=True)
         return CopyCheck(storage.name, False, f"{what} is missing ({storage.describe()})")
     except BackupbotError as exc:
         return CopyCheck(storage.name, False, exc.message)
@@ -153,7 +178,7 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
         results.append(verify_copy(backup, storage, identity_file=identity_file, bindir=bindir))
     # A copy our key could not open, though its bytes match their checksum, says nothing about the
     # backup: it is not recorded, and when no copy failed on its own the backup's state stays.
-    judged = [r for r in results if not r.key_problem]
+    judged = [r for r in results if not (r.key_problem or r.moved)]
     if len(judged) < len(results) and all(r.ok for r in judged):
         return results
     ok = bool(results) and all(r.ok for r in results)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_prune_deletes_older_backups_from_local_and_s3_and_dry_run_only_lists(crm_db, make_services, s3_bucket,
                                                                               s3_client, tmp_path):
@@ -69,3 +71,33 @@ def test_backup_being_restored_is_not_pruned(crm_db, make_services):
     services.catalog.finish_run(run_id, "ok")
     assert services.prune(dry_run=False, actor="t", source="cli")[0].deleted == [older]
     assert [b.id for b in services.list_backups()] == [newer]
+
+
+def test_a_changed_backup_dir_is_named_and_its_old_copies_neither_condemned_nor_orphaned(crm_db, make_services,
+                                                                                          tmp_path):
+    from bot.core.restore import RestoreRequest
+    from bot.errors import StorageError
+
+    policy = {"RETENTION_DAILY": "1", "RETENTION_WEEKLY": "0", "RETENTION_MONTHLY": "0", "RETENTION_MIN_VERIFIED": "0"}
+    first = make_services(crm_db, **policy)
+    old = [first.backup(actor="t", source="cli").backup for _ in range(2)]
+    # GIVEN BACKUP_DIR changed afterwards (the files stayed where they were)
+    moved = make_services(crm_db, BACKUP_DIR=str(tmp_path / "new-backups"), **policy)
+    # WHEN verifying an old backup THEN it says where the copy is, and records nothing against it
+    [check] = moved.verify(old[0].id, actor="t", source="cli")
+    assert not check.ok and check.moved and str(tmp_path / "backups") in (check.error or "")
+    assert "BACKUP_DIR" in (check.error or "")
+    assert {c.destination: c.status for c in moved.get_backup(old[0].id).copies} == {"local": "stored"}
+    # WHEN restoring it THEN the same explanation, and the copy is still not marked missing
+    with pytest.raises(StorageError) as err:
+        moved.restore(RestoreRequest(old[0].id, mode="into", into="moved_dir"), actor="t", source="cli")
+    assert "BACKUP_DIR" in err.value.message
+    assert {c.destination: c.status for c in moved.get_backup(old[0].id).copies} == {"local": "stored"}
+    # WHEN a new backup makes the old ones due for pruning THEN they are not reported deleted
+    # while their files stay: the prune names the problem and keeps their rows
+    moved.backup(actor="t", source="cli")
+    [result] = moved.prune(dry_run=False, actor="t", source="cli")
+    assert set(result.errors) == {b.id for b in old} and result.deleted == []
+    assert all("nothing was deleted" in e for e in result.errors.values())
+    assert all((tmp_path / "backups" / "prod" / f"{b.id}.dump.zst").exists() for b in old)
+    assert {b.id for b in old} <= {b.id for b in moved.list_backups()}

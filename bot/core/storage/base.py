@@ -52,6 +52,10 @@ class Storage(Protocol):
         """Raise StorageError with a clear message if a backup could not be written here."""
         ...
 
+    def location_of(self, key: str) -> str:
+        """The location a copy stored at ``key`` gets recorded with (as StoredObject.location)."""
+        ...
+
     def open_writer(self, key: str) -> CopyWriter: ...
 
     def open_reader(self, key: str) -> BinaryIO:

@@ -135,6 +135,9 @@ class LocalStorage:
     def describe(self) -> str:
         return str(self.root)
 
+    def location_of(self, key: str) -> str:
+        return str(self._path(key))
+
     def _path(self, key: str) -> Path:
         parts = key.split("/")
         # Keys come from our own naming, but refusing '..' keeps a bad key from escaping the root.

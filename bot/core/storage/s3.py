@@ -54,6 +54,9 @@ class S3Storage:
     def _full(self, key: str) -> str:
         return f"{self.settings.prefix}/{key}" if self.settings.prefix else key
 
+    def location_of(self, key: str) -> str:
+        return self._location(key)
+
     def _location(self, key: str) -> str:
         return f"s3://{self.settings.bucket}/{self._full(key)}"
 
