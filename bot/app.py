@@ -77,6 +77,7 @@ class AppContext:
     router: Router = field(default_factory=Router)
     jobs: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="job"))
     _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    _group_errors: dict[str, str] = field(default_factory=dict)  # groups Slack could not be asked about
     _seen: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,12 +90,25 @@ class AppContext:
                 return cached[1]
         try:
             users: frozenset[str] = frozenset(self.client.usergroups_users_list(usergroup=group_id).get("users", []))
-        except SlackApiError as exc:
-            log.warning("cannot resolve user group %s: %s", group_id, exc.response.get("error"))
-            users = frozenset[str]()
+        except Exception as exc:  # SlackApiError, or the network after slack_sdk's retries
+            why = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            log.warning("cannot resolve user group %s: %s", group_id, why)
+            with self._lock:  # not cached: the next click asks again; a known answer, even old, still counts
+                self._group_errors[group_id] = str(why)
+                return cached[1] if cached else frozenset()
         with self._lock:
             self._groups[group_id] = (now, users)
+            self._group_errors.pop(group_id, None)
         return users
+
+    def lookup_note(self, entries: tuple[str, ...]) -> str:
+        """For a refusal: the user groups among ``entries`` Slack could not be asked about just now."""
+        with self._lock:
+            failed = {e: self._group_errors[e] for e in entries if e in self._group_errors}
+        if not failed:
+            return ""
+        return (" Slack could not be asked who is in " + ", ".join(f"<!subteam^{g}> ({why})" for g, why in failed.items())
+                + ", so its members could not be recognised: try again in a moment.")
 
     def matches(self, user_id: str, entries: tuple[str, ...]) -> bool:
         """Is the user listed, directly or through a user group (S…)?"""

@@ -192,7 +192,8 @@ def register(app: Any, ctx: Any) -> None:
                 ctx.audit("slack.refused", user, action=RETRY_ACTION, reason="not an operator")
             finally:
                 respond(response_type="ephemeral", replace_original=False,
-                        text="Only backup operators may press Retry (BACKUP_OPERATORS).")
+                        text="Only backup operators may press Retry (BACKUP_OPERATORS)."
+                             + ctx.lookup_note(ctx.settings.slack.operators))
             return
         try:
             value = json.loads(action.get("value") or "{}")

@@ -40,7 +40,8 @@ def register(app: Any, ctx: Any) -> None:
             try:  # recorded before the user is told, told even when the record fails
                 ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator")
             finally:
-                respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS).",
+                respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS)."
+                             + ctx.lookup_note(ctx.settings.slack.operators),
                         response_type="ephemeral")
             return
         ctx.audit(f"slack./backup {sub.name}", inv.user_id, command=inv.text, channel=inv.channel_id)

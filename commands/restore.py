@@ -93,7 +93,8 @@ def register(app: Any, ctx: Any) -> None:
     def not_approver(click: Click, request: ApprovalRequest | None, action: str) -> None:
         who = ", ".join(mention(a) for a in ctx.settings.slack.restore_approvers) or "nobody (RESTORE_APPROVERS is empty)"
         refuse(click, request, action, "not_approver",
-               f"Only restore approvers can {action} restore requests (RESTORE_APPROVERS: {who}).")
+               f"Only restore approvers can {action} restore requests (RESTORE_APPROVERS: {who})."
+               + ctx.lookup_note(ctx.settings.slack.restore_approvers))
 
     def handle(inv: Invocation, respond: Any) -> None:
         try:

@@ -72,6 +72,9 @@ class RestoreFlow:
         for entry in s.restore_approvers:
             others |= set(self.ctx.group_members(entry)) if entry.startswith("S") else {entry}
         if not others - {user}:
+            note = self.ctx.lookup_note(s.restore_approvers)
+            if note:
+                return "Cannot tell who may approve this restore right now." + note
             return ("Nobody but you can approve this restore (RESTORE_APPROVERS resolves to no one else; user "
                     "groups are read with the usergroups:read scope). Ask an admin to add another approver.")
         return None

@@ -152,6 +152,21 @@ def test_non_operator_is_refused_and_group_members_are_operators(slack_app, fake
     assert h.services.catalog.audit_events(action="backup.start")[0]["actor"] == "U0BOB"
 
 
+def test_a_failed_group_lookup_is_said_and_not_remembered(slack_app, fake_slack):
+    # GIVEN operators given as a user group, and Slack failing the first lookup of its members
+    fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    fake_slack.fail_next("usergroups.users.list", error="internal_error")
+    # WHEN a member runs /backup now THEN the refusal says Slack could not be asked, not who may
+    first = h.command("now", user="U0BOB").responses()[0]["text"]
+    assert "Only backup operators" in first and "Slack could not be asked who is in" in first, first
+    assert "internal_error" in first and "try again" in first
+    # AND the next try asks again (the failure was not cached as an empty group) and runs
+    assert "Started" in h.command("now", user="U0BOB").responses()[0]["text"]
+    wait_for_message(h.fake, CHANNEL, "complete")
+    assert len(h.fake.calls("usergroups.users.list")) == 2
+
+
 def test_ack_does_not_wait_for_a_rate_limited_operator_group_lookup(slack_app, fake_slack):
     # GIVEN operators through a user group, and Slack rate-limiting the group lookup (Retry-After: 2)
     fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
