@@ -172,6 +172,34 @@ def test_backup_checklist_posts_todays_checklist_when_there_is_none(slack_app):
     assert "Mon 03 Jun 2024" in posted["text"]
 
 
+def test_two_callers_at_the_same_moment_post_one_checklist(slack_app, monkeypatch):
+    import threading
+
+    clock = Clock(MONDAY_0900)
+    h, rt = harness(slack_app, clock)
+    # GIVEN two callers (the 09:00 job, a /backup checklist) both past the "is there one?" check,
+    # gathering evidence at the same time
+    both_gathering = threading.Barrier(2, timeout=10)
+    real = checklist_jobs.gather_evidence
+
+    def slow_gather(*a: Any, **k: Any) -> Any:
+        both_gathering.wait()
+        return real(*a, **k)
+
+    monkeypatch.setattr(checklist_jobs, "gather_evidence", slow_gather)
+    made: list[Any] = []
+    callers = [threading.Thread(target=lambda: made.append(checklist_jobs.post_checklist(rt, only_if_new=True)))
+               for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(20)
+    # THEN one checklist is made and posted; the other caller finds it and posts nothing
+    assert sorted(m is None for m in made) == [False, True], made
+    posted = [m for m in h.fake.messages(CHANNEL) if m.get("text", "").startswith("Backup checklist")]
+    assert len(posted) == 1 and len(ChecklistStore(h.services.catalog).for_day(MONDAY_0900.date())) == 1
+
+
 def test_backup_drill_is_for_operators_and_posts_the_result(slack_app):
     h, _rt = harness(slack_app, Clock(datetime.now(UTC)), BACKUP_OPERATORS="U0OPS")
     refused = h.command("drill", user="U0ALICE")
