@@ -18,7 +18,7 @@ from typing import Any
 
 from bot.core.alerts import Alert, Alerts
 from bot.core.catalog import Backup
-from bot.errors import BackupbotError
+from bot.errors import BackupbotError, NotFound
 from bot.render.backup import (
     RETRY_ACTION,
     alert_message,
@@ -133,16 +133,28 @@ class AlertPoster:
                 self.ctx.notifier.post(f"<@{user}> pressed Retry: a new backup of {target} is running.",
                                        thread_ts=thread_ts)
         elif kind == "verify" and value.get("backup_id"):
-            reply({"text": f"Verifying {value['backup_id']} again…"})
-            self.ctx.submit(self._retry_verify, str(value["backup_id"]), user)
+            backup_id = str(value["backup_id"])
+            try:
+                self.ctx.core.get_backup(backup_id)
+            except NotFound:  # pruned or deleted since: the bad backup this alert is about is gone
+                reply({"text": f"Backup {backup_id} no longer exists (pruned or deleted since this alert): "
+                               "nothing to verify. The alert is resolved."})
+                self.post_recovery("verify", target, note=f"backup {backup_id} no longer exists")
+                return
+            reply({"text": f"Verifying {backup_id} again…"})
+            self.ctx.submit(self._retry_verify, backup_id, user, reply)
         elif kind == "retention":
             reply({"text": f"Applying the retention policy to {target} again…"})
             self.ctx.submit(self._retry_prune, target, user)
         else:
             reply({"text": f"A {kind} alert cannot be retried from here."})
 
-    def _retry_verify(self, backup_id: str, user: str) -> None:
-        results = self.ctx.core.verify(backup_id, actor=user, source="slack")  # a failure emits verify.failed
+    def _retry_verify(self, backup_id: str, user: str, reply: Any) -> None:
+        try:
+            results = self.ctx.core.verify(backup_id, actor=user, source="slack")  # a failure emits verify.failed
+        except BackupbotError as exc:  # e.g. pruned between the click and now: the presser is told
+            reply({"text": f":x: {exc.message}"})
+            return
         if results and all(r.ok for r in results):
             backup = self.ctx.core.get_backup(backup_id)
             self.post_recovery("verify", backup.target, note=f"backup {backup_id} verified on retry")

@@ -182,3 +182,18 @@ def test_verify_failure_alert_retries_the_verification_and_recovers(slack_app, t
           what="the verify recovery")
     assert h.services.get_backup(backup.id).verify_status == "ok"
     assert Alerts(h.services.catalog).open_alerts() == []
+
+
+def test_retry_on_a_verify_alert_whose_backup_is_gone_says_so_and_resolves_it(slack_app):
+    # GIVEN a verification alert about a backup that has since been pruned
+    h = slack_app()
+    h.services.emit("verify.failed", target="prod", backup_id="prod-20200101-000000-dead", error="checksum mismatch")
+    alert = wait_for_message(h.fake, CHANNEL, "Backup verification failed")
+    # WHEN an operator presses Retry
+    h.click(CHANNEL, alert["ts"], RETRY_ACTION, "U0ALICE", response_url=h.fake.response_url("gone-retry"))
+    # THEN the presser is told it no longer exists, and the alert is resolved in its thread
+    told = h.fake.wait_for_response("gone-retry", timeout=20)[0].body["text"]
+    assert "no longer exists" in told and "nothing to verify" in told
+    until(lambda: [m for m in h.fake.replies(CHANNEL, alert["ts"]) if "Recovered" in m["text"]],
+          what="the alert resolved")
+    assert Alerts(h.services.catalog).open_alerts() == []
