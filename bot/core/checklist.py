@@ -275,8 +275,18 @@ class ChecklistStore:
             if row is None:
                 raise NotFound(f"no checklist {checklist_id}")
             events = self.events(checklist_id)
-            seen = fold(events, up_to_version=min(seen_version, row["version"]))
+            seen_v = min(seen_version, row["version"])
+            seen = fold(events, up_to_version=seen_v)
             current = fold(events)
+            # The user's own clicks since that version are in their view too (Slack shows a box as
+            # they set it before our update arrives): a quick tick-then-untick is theirs to make.
+            later = [e for e in events if e["version"] > seen_v]
+            for key in {e["item_key"] for e in later}:
+                if all(e["user"] == user for e in later if e["item_key"] == key):
+                    if key in current:
+                        seen[key] = current[key]
+                    else:
+                        seen.pop(key, None)
             ticks, unticks = diff(block_keys, selected, seen)
             change = Change([k for k in ticks if k not in current], [k for k in unticks if k in current],
                             row["version"])

@@ -112,6 +112,21 @@ def test_a_stale_client_cannot_untick_a_colleagues_item(tmp_path):
     assert fold(store.events(c.id), up_to_version=2) == {"a": Tick("U0CAROL", at)}
 
 
+def test_a_quick_tick_then_untick_by_the_same_person_counts_before_slack_refreshes(tmp_path):
+    store = ChecklistStore(Catalog(tmp_path / "c.db"))
+    items = [Item("a", "A", "daily"), Item("b", "B", "daily")]
+    c = store.create(date(2024, 6, 3), ("daily",), items, {}, now=datetime(2024, 6, 3, 7, tzinfo=UTC), created_by="t")
+    at = datetime(2024, 6, 3, 7, 14, tzinfo=UTC)
+    # GIVEN carol ticked "a" by mistake, and bob ticked "b", both on version 1's message
+    assert store.apply_selection(c.id, ["a", "b"], ["a"], 1, "U0CAROL", at).version == 2
+    assert store.apply_selection(c.id, ["a", "b"], ["b"], 1, "U0BOB", at).version == 3
+    # WHEN carol unticks "a" at once, her Slack still on version 1 (showing her own tick, not bob's)
+    change = store.apply_selection(c.id, ["a", "b"], [], 1, "U0CAROL", at)
+    # THEN her correction wins, and bob's tick, which she had not seen, stays
+    assert (change.ticks, change.unticks) == ([], ["a"])
+    assert {k: t.user for k, t in store.state(c.id).items()} == {"b": "U0BOB"}
+
+
 def test_rendered_checklist_splits_long_groups_and_stays_within_slack_limits(tmp_path):
     store = ChecklistStore(Catalog(tmp_path / "c.db"))
     items = [Item(f"d{i}", f"Daily chore number {i} " + "x" * 60, "daily", "backup") for i in range(12)]
