@@ -94,12 +94,16 @@ def test_diff_finds_ticks_and_unticks_within_one_block(keys, selected, ticked, e
     assert diff(keys, selected, ticked) == expected
 
 
-def test_a_stale_client_cannot_untick_a_colleagues_item(tmp_path):
-    # GIVEN a checklist where carol ticked "a" (version 2)
+def _two_item_checklist(tmp_path):
     store = ChecklistStore(Catalog(tmp_path / "c.db"))
     items = [Item("a", "A", "daily"), Item("b", "B", "daily")]
     c = store.create(date(2024, 6, 3), ("daily",), items, {}, now=datetime(2024, 6, 3, 7, tzinfo=UTC), created_by="t")
-    at = datetime(2024, 6, 3, 7, 14, tzinfo=UTC)
+    return store, c, datetime(2024, 6, 3, 7, 14, tzinfo=UTC)
+
+
+def test_a_stale_client_cannot_untick_a_colleagues_item(tmp_path):
+    # GIVEN a checklist where carol ticked "a" (version 2)
+    store, c, at = _two_item_checklist(tmp_path)
     assert store.apply_selection(c.id, ["a", "b"], ["a"], 1, "U0CAROL", at).version == 2
     # WHEN bob, whose Slack still shows version 1, ticks "b" (his selection lacks carol's "a")
     change = store.apply_selection(c.id, ["a", "b"], ["b"], 1, "U0BOB", at)
@@ -113,10 +117,7 @@ def test_a_stale_client_cannot_untick_a_colleagues_item(tmp_path):
 
 
 def test_a_quick_tick_then_untick_by_the_same_person_counts_before_slack_refreshes(tmp_path):
-    store = ChecklistStore(Catalog(tmp_path / "c.db"))
-    items = [Item("a", "A", "daily"), Item("b", "B", "daily")]
-    c = store.create(date(2024, 6, 3), ("daily",), items, {}, now=datetime(2024, 6, 3, 7, tzinfo=UTC), created_by="t")
-    at = datetime(2024, 6, 3, 7, 14, tzinfo=UTC)
+    store, c, at = _two_item_checklist(tmp_path)
     # GIVEN carol ticked "a" by mistake, and bob ticked "b", both on version 1's message
     assert store.apply_selection(c.id, ["a", "b"], ["a"], 1, "U0CAROL", at).version == 2
     assert store.apply_selection(c.id, ["a", "b"], ["b"], 1, "U0BOB", at).version == 3
