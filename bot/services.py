@@ -4,6 +4,7 @@ both front ends (CLI and Slack) call. Nothing here knows about Slack."""
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -50,7 +51,8 @@ class PruneResult:
 class BackupBusy(Refused):
     def __init__(self, target: str, run: dict[str, Any] | None, tz: ZoneInfo | None = None) -> None:
         since = f" (started {_local(run['started_at'], tz or ZoneInfo('UTC'))} by {run['actor']} via {run['source']})" if run else ""
-        super().__init__(f"a backup of {target} is already running{since}")
+        what = ("a restore over" if run.get("kind") == "restore" else "a backup of") if run else "a backup or restore of"
+        super().__init__(f"{what} {target} is already running{since}")
         self.run = run
 
 
@@ -90,7 +92,7 @@ class Services:
         with self._locks_guard:
             lock = self._locks.setdefault(target, threading.Lock())
         if not lock.acquire(blocking=False):
-            raise BackupBusy(target, self.running(target), self.settings.tz)
+            raise BackupBusy(target, self.lock_holder(target), self.settings.tz)
         try:
             path = self.settings.catalog_path.parent / f".backupbot-{target}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ class Services:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise BackupBusy(target, self.running(target), self.settings.tz) from None
+                    raise BackupBusy(target, self.lock_holder(target), self.settings.tz) from None
                 yield
             finally:
                 os.close(fd)
@@ -119,6 +121,12 @@ class Services:
     def running(self, target: str) -> dict[str, Any] | None:
         rows = self.catalog.runs(kind="backup", target=target, status="running", limit=1)
         return rows[0] if rows else None
+
+    def lock_holder(self, target: str) -> dict[str, Any] | None:
+        """The run holding a target's lock, when the catalog can tell: a backup, or a restore over it."""
+        restores = [r for r in self.catalog.runs(kind="restore", target=target, status="running", limit=5)
+                    if json.loads(r.get("details") or "{}").get("mode") == "in-place"]
+        return self.running(target) or (restores[0] if restores else None)
 
     # -- use cases ----------------------------------------------------------------------------
     def backup(self, target: str | None = None, *, actor: str, source: str, kind: str = "manual",

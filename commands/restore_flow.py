@@ -17,7 +17,7 @@ from bot.core.catalog import Backup, iso
 from bot.core.pgtools import ConnInfo
 from bot.core.postrestore import run_post_restore
 from bot.core.redact import redact
-from bot.core.restore import RestoreRequest
+from bot.core.restore import PG_RESTORE_STARTED, RestoreRequest
 from bot.errors import BackupbotError
 from bot.render import restore as render
 from bot.render.common import human_bytes, human_duration, mention
@@ -282,6 +282,8 @@ class _Run:
             self.phase = "safety backup"
             self.step(f":floppy_disk: {message}")
             return
+        if message == PG_RESTORE_STARTED:
+            self.phase = "load"
         if message == RESTORE_COMMITTED:
             self.phase = "verification"
         self.step(f"• {message}")

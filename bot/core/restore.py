@@ -58,6 +58,7 @@ from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, S
 from bot.render.common import human_bytes
 
 log = logging.getLogger(__name__)
+PG_RESTORE_STARTED = "pg_restore started"  # progress lines the Slack flow follows
 TOC_HEAD_BYTES = 16 << 20  # an archive's TOC is read from at most this much of its start
 
 MODES = ("into", "in-place", "to")
@@ -395,6 +396,7 @@ def restore(
                 args += ["--use-list", str(list_file)]
             args += list(extra_pg_restore_args)
             with around_load(ctx) if around_load is not None else nullcontext():
+                say(PG_RESTORE_STARTED)  # from here a failure rolls back (in one transaction) or drops
                 if ctx.archive is not None:
                     _file_restore(pg_restore, [*args, str(ctx.archive)], info, maintenance_work_mem)
                 else:

@@ -85,9 +85,10 @@ def busy_message(target: str, *, link: str | None, run: dict[str, Any] | None, t
         since = f" (started {_stamp(run.get('started_at'), tz)} by {_who(run.get('actor'))} " \
                 f"via {escape(str(run.get('source') or '?'))})"
     where = f" <{link}|See its progress.>" if link else ""
-    text = f"A backup of {target} is already running{since}; not starting another."
-    return message(text, [section(f":hourglass: A backup of `{escape(target)}` is already running{since}; "
-                                  f"not starting another.{where}")])
+    what = "A restore over" if run and run.get("kind") == "restore" else "A backup of"
+    text = f"{what} {target} is already running{since}; not starting another backup."
+    return message(text, [section(f":hourglass: {what} `{escape(target)}` is already running{since}; "
+                                  f"not starting another backup.{where}")])
 
 
 def _stamp(value: object, tz: ZoneInfo) -> str:

@@ -218,8 +218,10 @@ def target_state(req: ApprovalRequest, step: str, safety_backup_id: str | None) 
         return f"{req.target} now holds the restored data, but the {step} failed.{back}"
     if step == "interrupted":
         return (f"{req.target} is unchanged if pg_restore had not finished (it runs in one transaction)." + safety)
-    return (f"{req.target} is unchanged thanks to the transaction: pg_restore ran in a single transaction, "
-            "which was rolled back." + safety)
+    if step == "load":
+        return (f"{req.target} is unchanged thanks to the transaction: pg_restore ran in a single transaction, "
+                "which was rolled back." + safety)
+    return f"{req.target} is unchanged: the restore stopped before pg_restore started." + safety
 
 
 def failure_message(req: ApprovalRequest, step: str, error: str, state: str) -> dict[str, Any]:

@@ -266,14 +266,15 @@ def test_report_failure_and_modal_builders_are_valid_and_clipped():
                                                  "output_tail": "x" * 5000})
     assert validate_blocks(report["blocks"]) == []
     assert "more lines" in to_text(report["blocks"])
-    state = render.target_state(req, "restore", "prod-pre-1")
-    failure = render.failure_message(req, "restore", "pg_restore failed: " + "e" * 4000, state)
+    state = render.target_state(req, "load", "prod-pre-1")
+    failure = render.failure_message(req, "load", "pg_restore failed: " + "e" * 4000, state)
     assert validate_blocks(failure["blocks"]) == [] and "unchanged thanks to the transaction" in to_text(failure["blocks"])
     assert validate_view(render.confirm_modal(req)) == []
 
 
 @pytest.mark.parametrize("mode, step, expected", [
-    ("in-place", "restore", "unchanged thanks to the transaction"),
+    ("in-place", "load", "unchanged thanks to the transaction"),
+    ("in-place", "restore", "unchanged: the restore stopped before pg_restore started"),  # e.g. a corrupt copy
     ("in-place", "safety backup", "unchanged: the restore did not start"),
     ("in-place", "verification", "now holds the restored data"),
     ("into", "restore", "Nothing existing was touched"),

@@ -236,7 +236,7 @@ def test_in_place_restore_failing_half_way_leaves_target_exactly_as_before(harne
     h.click(CHANNEL, controls_ts, render.APPROVE, user=BOB)
     confirm_in_place(h, BOB, "prod")
     done = finished(h, req)
-    assert done.status == "failed" and done.result["step"] == "restore"
+    assert done.status == "failed" and done.result["step"] == "load"
     assert table_checksums(crm_db) == before
     thread = thread_text(h, req_ts)
     assert "unchanged thanks to the transaction" in thread and done.safety_backup_id in thread
@@ -384,6 +384,58 @@ def test_start_hook_fails_interrupted_runs_then_sweeps_expired_requests_until_st
     assert "restore_request.expired" in _actions(h)
     assert _store(h).get(stuck.id).status == "failed" and "interrupted" in thread_text(h, stuck_ts)
     assert "failed ✗" in h.fake.message(CHANNEL, stuck_ts)["text"]
+
+
+def test_a_copy_corrupted_after_approval_fails_before_pg_restore_and_says_so(harness, crm_db):
+    from pathlib import Path
+
+    h = harness()
+    backup = h.services.backup(actor="t", source="cli").backup
+    req, req_ts, controls_ts = request(h, f"{backup.id} --in-place")
+    # GIVEN the stored copy damaged between the request and the approval
+    stored = next((Path(h.ctx.settings.backup_dir) / "prod").glob(f"{backup.id}.dump*"))
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    before = table_checksums(crm_db)
+    # WHEN it is approved
+    h.click(CHANNEL, controls_ts, render.APPROVE, user=BOB)
+    confirm_in_place(h, BOB, "prod")
+    done = finished(h, req)
+    # THEN it fails before pg_restore ran, says so (not "rolled back"), and prod is as it was
+    assert done.status == "failed" and done.result["step"] == "restore", done.result
+    thread = thread_text(h, req_ts)
+    assert "stopped before pg_restore started" in thread and "rolled back" not in thread
+    assert table_checksums(crm_db) == before
+
+
+def test_a_backup_refused_by_a_running_restore_says_it_is_a_restore(harness):
+    import threading
+
+    h = harness()
+    # GIVEN a restore over prod holding its lock (as an in-place restore does)
+    run_id = h.services.catalog.start_run("restore", "prod", BOB, "slack", {"mode": "in-place"})
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with h.services.target_lock("prod"):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        # WHEN a backup of prod is asked for THEN it is refused naming the restore
+        from bot.services import BackupBusy
+
+        with pytest.raises(BackupBusy) as err:
+            h.services.backup("prod", actor="t", source="cli")
+        assert "a restore over prod is already running" in err.value.message
+    finally:
+        release.set()
+        holder.join(10)
+        h.services.catalog.finish_run(run_id, "ok")
 
 
 def test_audit_command_shows_recent_events_with_user_ids(harness, crm_db):
