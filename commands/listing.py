@@ -24,13 +24,13 @@ def parse_list_args(args: list[str], targets: set[str]) -> tuple[str | None, int
     if len(args) == 2:
         target, count = args
     elif len(args) == 1:
-        if args[0].isdigit() and args[0] not in targets:
+        if args[0].isascii() and args[0].isdigit() and args[0] not in targets:
             count = args[0]
         else:
             target = args[0]
     if count is None:
         return target, DEFAULT_LIMIT
-    if not count.isdigit() or not 1 <= int(count) <= LIST_MAX:
+    if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= LIST_MAX:
         raise ValueError(f"N must be a whole number from 1 to {LIST_MAX}, got `{count}`")
     return target, int(count)
 

@@ -33,7 +33,7 @@ def _day_value(token: str, expr: str) -> int:
     token = token.strip().lower()
     if token[:3] in _DAY_NAMES and token.isalpha():
         return _DAY_NAMES.index(token[:3])
-    if token.isdigit() and 0 <= int(token) <= 7:
+    if token.isascii() and token.isdigit() and 0 <= int(token) <= 7:
         return int(token) % 7
     raise ValueError(f"day of week {token!r} in {expr!r} must be 0-7 or sun-sat")
 

@@ -196,7 +196,7 @@ def _clock_time(raw: str | None, where: str, default: time) -> time | None:
 def _monthday(raw: str | None, where: str) -> int:
     if raw is None:
         return 1
-    if not raw.isdigit() or not 1 <= int(raw) <= 31:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 31:
         raise ConfigError(f"{raw!r} is not a day of month 1-31 (days past a month's end mean its last day)", where)
     return int(raw)
 

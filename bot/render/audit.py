@@ -21,7 +21,7 @@ def parse_count(args: list[str]) -> int:
     """`[N]` → how many events to show (1..100). Raises ValueError with a sentence. Pure."""
     if not args:
         return DEFAULT_N
-    if len(args) > 1 or not args[0].isdigit() or int(args[0]) < 1:
+    if len(args) > 1 or not (args[0].isascii() and args[0].isdigit()) or int(args[0]) < 1:
         raise ValueError(f"N must be a whole number from 1 to {MAX_N}, got {' '.join(args)!r}")
     return min(int(args[0]), MAX_N)
 

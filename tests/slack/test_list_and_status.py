@@ -47,12 +47,14 @@ def test_list_count_limits_how_many_backups_show(slack_app):
 
 def test_malformed_count_or_extra_words_get_usage(slack_app):
     h = slack_app()
-    for text in ("list prod ten", "list prod 0", "list prod 5 more", "list prod 999"):
+    for text in ("list prod ten", "list prod 0", "list prod 5 more", "list prod 999", "list prod ²"):
         shown = h.command(text).responses()[0]
         assert shown["response_type"] == "ephemeral" and "Usage" in shown["text"], text
-        assert "/backup list [target] [N]" in json.dumps(shown)
+        assert "/backup list [target] [N]" in json.dumps(shown) and "invalid literal" not in json.dumps(shown)
+    assert "invalid literal" not in json.dumps(h.command("audit ²", user="U0OPS").responses()[0])
     unknown = h.command("list staging").responses()[0]
     assert "unknown target 'staging' (known targets: prod)" in unknown["text"]
+    assert "unknown target '²'" in h.command("list ²").responses()[0]["text"]  # not a count: a name
 
 
 def test_status_shows_last_backup_schedule_retention_storage_size_trend_and_alerts(slack_app):
