@@ -29,6 +29,7 @@ from commands.router import Router
 
 log = logging.getLogger(__name__)
 GROUP_CACHE_SECONDS = 300
+FAILED_LOOKUP_SECONDS = 30  # a failed lookup refuses for this long before Slack is asked again
 SEEN_TTL_SECONDS = 600
 
 
@@ -83,21 +84,29 @@ class AppContext:
 
     # -- who may do what ----------------------------------------------------------------------
     def group_members(self, group_id: str) -> frozenset[str]:
-        now = time.monotonic()
+        """The group's members, cached for GROUP_CACHE_SECONDS. A failed lookup counts as an empty
+        group (permissions are refused, never granted from an old list) for FAILED_LOOKUP_SECONDS,
+        and ``lookup_note`` then tells the refused person why."""
+        asked = time.monotonic()
         with self._lock:
             cached = self._groups.get(group_id)
-            if cached and now - cached[0] < GROUP_CACHE_SECONDS:
+            ttl = FAILED_LOOKUP_SECONDS if group_id in self._group_errors else GROUP_CACHE_SECONDS
+            if cached and asked - cached[0] < ttl:
                 return cached[1]
         try:
             users: frozenset[str] = frozenset(self.client.usergroups_users_list(usergroup=group_id).get("users", []))
         except Exception as exc:  # SlackApiError, or the network after slack_sdk's retries
             why = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
             log.warning("cannot resolve user group %s: %s", group_id, why)
-            with self._lock:  # not cached: the next click asks again; a known answer, even old, still counts
+            with self._lock:
+                newer = self._groups.get(group_id)
+                if newer and newer[0] >= asked and group_id not in self._group_errors:
+                    return newer[1]  # a lookup that began later succeeded meanwhile: its answer stands
+                self._groups[group_id] = (time.monotonic(), frozenset())
                 self._group_errors[group_id] = str(why)
-                return cached[1] if cached else frozenset()
+            return frozenset()
         with self._lock:
-            self._groups[group_id] = (now, users)
+            self._groups[group_id] = (time.monotonic(), users)
             self._group_errors.pop(group_id, None)
         return users
 

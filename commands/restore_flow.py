@@ -63,7 +63,8 @@ class RestoreFlow:
         s = self.ctx.settings.slack
         if not self.may_request(user):
             who = "RESTORE_REQUESTERS" if s.restore_requesters is not None else "BACKUP_OPERATORS (RESTORE_REQUESTERS is not set)"
-            return f"You may not request restores: ask an admin to add you to {who}."
+            note = self.ctx.lookup_note(s.restore_requesters if s.restore_requesters is not None else s.operators)
+            return f"You may not request restores: ask an admin to add you to {who}." + note
         if not s.restore_approvers:
             return ("Restores need a second person's approval, and no approvers are configured: set "
                     "RESTORE_APPROVERS to comma-separated Slack user ids (U…) and/or user-group ids (S…), "

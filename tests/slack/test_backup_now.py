@@ -152,7 +152,9 @@ def test_non_operator_is_refused_and_group_members_are_operators(slack_app, fake
     assert h.services.catalog.audit_events(action="backup.start")[0]["actor"] == "U0BOB"
 
 
-def test_a_failed_group_lookup_is_said_and_not_remembered(slack_app, fake_slack):
+def test_a_failed_group_lookup_refuses_says_why_and_is_asked_again_later(slack_app, fake_slack, monkeypatch):
+    import bot.app
+
     # GIVEN operators given as a user group, and Slack failing the first lookup of its members
     fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
     h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
@@ -161,10 +163,31 @@ def test_a_failed_group_lookup_is_said_and_not_remembered(slack_app, fake_slack)
     first = h.command("now", user="U0BOB").responses()[0]["text"]
     assert "Only backup operators" in first and "Slack could not be asked who is in" in first, first
     assert "internal_error" in first and "try again" in first
-    # AND the next try asks again (the failure was not cached as an empty group) and runs
+    # AND a click right after does not ask Slack again (the failure holds for a while)
+    assert "Slack could not be asked" in h.command("now", user="U0BOB").responses()[0]["text"]
+    assert len(h.fake.calls("usergroups.users.list")) == 1
+    # AND once that while is over it asks again, and the member is an operator
+    monkeypatch.setattr(bot.app, "FAILED_LOOKUP_SECONDS", 0)
     assert "Started" in h.command("now", user="U0BOB").responses()[0]["text"]
     wait_for_message(h.fake, CHANNEL, "complete")
     assert len(h.fake.calls("usergroups.users.list")) == 2
+
+
+def test_an_old_member_list_never_grants_rights_when_slack_cannot_be_asked(slack_app, fake_slack, monkeypatch):
+    import bot.app
+
+    # GIVEN bob was an operator through a group when it was last looked up
+    fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    assert h.ctx.is_operator("U0BOB")
+    # WHEN he has been removed, the cached list has expired, and Slack cannot be asked
+    fake_slack.set_usergroup("S0DBAS", [])
+    monkeypatch.setattr(bot.app, "GROUP_CACHE_SECONDS", 0)
+    fake_slack.fail_next("usergroups.users.list", error="missing_scope")
+    # THEN he is refused, not let in on the old list
+    told = h.command("now", user="U0BOB").responses()[0]["text"]
+    assert "Only backup operators" in told and "missing_scope" in told
+    assert _backups(h) == []
 
 
 def test_ack_does_not_wait_for_a_rate_limited_operator_group_lookup(slack_app, fake_slack):
