@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import sqlite_utils
@@ -216,8 +216,6 @@ def _m1(db: sqlite_utils.Database) -> None:
 register_migrations("checklist", [_m1])
 
 
-IN_FLIGHT = timedelta(minutes=5)  # a checklist made this recently but not posted yet is being posted
-
 class ChecklistStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -225,13 +223,11 @@ class ChecklistStore:
 
     def create(self, day: date, cadences: Sequence[str], items: Sequence[Item], evidence: Mapping[str, str],
                *, now: datetime, created_by: str, only_if_new: bool = False) -> Checklist | None:
-        """``only_if_new``: None when the day already has a checklist that is posted, or being
-        posted (made in the last few minutes): the check and the insert are one transaction, so
-        two callers at the same moment (the 09:00 job, a `/backup checklist`) make one."""
+        """``only_if_new``: None when the day already has a posted checklist (checked in the same
+        transaction as the insert)."""
         with self.catalog.tx() as db:
             if only_if_new and next(db.query(
-                    "SELECT 1 FROM checklists WHERE day = ? AND (ts IS NOT NULL OR posted_at > ?)",
-                    [day.isoformat(), iso(now - IN_FLIGHT)]), None):
+                    "SELECT 1 FROM checklists WHERE day = ? AND ts IS NOT NULL", [day.isoformat()]), None):
                 return None
             table = db.table("checklists")  # last_pk lives on this Table object
             table.insert({"day": day.isoformat(), "cadences": ",".join(cadences),

@@ -53,8 +53,20 @@ def post_checklist(rt: Runtime, cadences: Sequence[str] | None = None, *, actor:
     """Post a checklist: today's due items, or only the items of the cadences given.
 
     ``only_if_new`` (the daily job, `/backup checklist`): do nothing when today's checklist is
-    already in the channel, so a restart or an early `/backup checklist` never doubles it.
+    already in the channel, so a restart or an early `/backup checklist` never doubles it. Such
+    calls take turns (both come from the bot's process): the second sees the first's post, and
+    after a failed post it posts itself.
     """
+    if only_if_new:
+        with _POSTING:
+            return _post_checklist(rt, cadences, actor=actor, only_if_new=True)
+    return _post_checklist(rt, cadences, actor=actor, only_if_new=False)
+
+
+_POSTING = threading.Lock()
+
+
+def _post_checklist(rt: Runtime, cadences: Sequence[str] | None, *, actor: str, only_if_new: bool) -> Checklist | None:
     now = rt.now()
     day = today(rt, now)
     s = store(rt)
