@@ -136,10 +136,16 @@ class AlertPoster:
             backup_id = str(value["backup_id"])
             try:
                 self.ctx.core.get_backup(backup_id)
-            except NotFound:  # pruned or deleted since: the bad backup this alert is about is gone
-                reply({"text": f"Backup {backup_id} no longer exists (pruned or deleted since this alert): "
-                               "nothing to verify. The alert is resolved."})
-                self.post_recovery("verify", target, note=f"backup {backup_id} no longer exists")
+            except NotFound as exc:  # deleted since (retention), or not in this catalog
+                alert = next((a for a in self.alerts.open_alerts(target)
+                              if a.kind == "verify" and a.id == value.get("alert")), None)
+                # Resolved only when this very alert is still about this backup: an older button
+                # must not settle a newer failure of another backup.
+                settles = alert is not None and backup_id in alert.message and "deleted by retention" in exc.message
+                reply({"text": f"{exc.message}: nothing to verify."
+                               + (" Its alert is resolved." if settles else "")})
+                if settles:
+                    self.post_recovery("verify", target, note=f"backup {backup_id} was deleted by retention")
                 return
             reply({"text": f"Verifying {backup_id} again…"})
             self.ctx.submit(self._retry_verify, backup_id, user, reply)

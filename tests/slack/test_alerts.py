@@ -184,16 +184,38 @@ def test_verify_failure_alert_retries_the_verification_and_recovers(slack_app, t
     assert Alerts(h.services.catalog).open_alerts() == []
 
 
-def test_retry_on_a_verify_alert_whose_backup_is_gone_says_so_and_resolves_it(slack_app):
-    # GIVEN a verification alert about a backup that has since been pruned
+def test_retry_on_a_verify_alert_whose_backup_was_pruned_says_so_and_resolves_only_that_alert(slack_app):
     h = slack_app()
-    h.services.emit("verify.failed", target="prod", backup_id="prod-20200101-000000-dead", error="checksum mismatch")
+    # GIVEN a verification alert about a backup that retention has deleted since
+    backup = h.services.backup(actor="t", source="cli").backup
+    h.services.emit("verify.failed", target="prod", backup_id=backup.id, error="checksum mismatch")
     alert = wait_for_message(h.fake, CHANNEL, "Backup verification failed")
-    # WHEN an operator presses Retry
+    h.services.catalog.mark_deleted(backup.id)
+    # WHEN its Retry is pressed THEN it says the backup was deleted and resolves the alert
     h.click(CHANNEL, alert["ts"], RETRY_ACTION, "U0ALICE", response_url=h.fake.response_url("gone-retry"))
-    # THEN the presser is told it no longer exists, and the alert is resolved in its thread
     told = h.fake.wait_for_response("gone-retry", timeout=20)[0].body["text"]
-    assert "no longer exists" in told and "nothing to verify" in told
+    assert "deleted by retention" in told and "nothing to verify" in told and "resolved" in told
     until(lambda: [m for m in h.fake.replies(CHANNEL, alert["ts"]) if "Recovered" in m["text"]],
           what="the alert resolved")
     assert Alerts(h.services.catalog).open_alerts() == []
+
+
+def test_an_old_retry_button_of_a_pruned_backup_does_not_settle_a_newer_failure(slack_app):
+    h = slack_app()
+    first, second = (h.services.backup(actor="t", source="cli").backup for _ in range(2))
+    # GIVEN the verify alert was raised twice for the first backup (the repeat in its thread has a
+    # Retry about it), then for the second backup
+    h.services.emit("verify.failed", target="prod", backup_id=first.id, error="checksum mismatch")
+    alert = wait_for_message(h.fake, CHANNEL, "Backup verification failed")
+    h.services.emit("verify.failed", target="prod", backup_id=first.id, error="checksum mismatch")
+    [old] = until(lambda: [m for m in h.fake.replies(CHANNEL, alert["ts"]) if buttons(m)
+                           and json.loads(buttons(m)[0]["value"])["backup_id"] == first.id], what="the repeat")
+    h.services.emit("verify.failed", target="prod", backup_id=second.id, error="checksum mismatch")
+    until(lambda: len(h.fake.replies(CHANNEL, alert["ts"])) >= 2, what="the second backup's repeat")
+    h.services.catalog.mark_deleted(first.id)
+    # WHEN the old repeat's Retry (about the pruned first backup) is pressed
+    h.click(CHANNEL, old["ts"], RETRY_ACTION, "U0ALICE", response_url=h.fake.response_url("old-retry"))
+    told = h.fake.wait_for_response("old-retry", timeout=20)[0].body["text"]
+    # THEN the presser is told, and the alert, now about the second backup, stays open
+    assert "deleted by retention" in told and "resolved" not in told
+    assert [a.kind for a in Alerts(h.services.catalog).open_alerts()] == ["verify"]
