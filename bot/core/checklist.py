@@ -274,16 +274,24 @@ class ChecklistStore:
             seen_v = min(seen_version, row["version"])
             seen = fold(events, up_to_version=seen_v)
             current = fold(events)
-            # The user's own clicks since that version are in their view too (Slack shows a box as
-            # they set it before our update arrives): a quick tick-then-untick is theirs to make.
-            later = [e for e in events if e["version"] > seen_v]
-            for key in {e["item_key"] for e in later}:
-                if all(e["user"] == user for e in later if e["item_key"] == key):
-                    if key in current:
-                        seen[key] = current[key]
-                    else:
-                        seen.pop(key, None)
             ticks, unticks = diff(block_keys, selected, seen)
+            if len(ticks) + len(unticks) != 1:
+                # One click toggles one box. When the version's state does not explain it, the
+                # view may also show this user's own clicks since (Slack shows a box as they set
+                # it before our update arrives): a quick tick-then-untick. Used only when that
+                # view explains the click as one toggle; a second, stale client of the same
+                # user keeps the version's view, so it cannot revert what they did elsewhere.
+                own = dict(seen)
+                later = [e for e in events if e["version"] > seen_v]
+                for key in {e["item_key"] for e in later}:
+                    if all(e["user"] == user for e in later if e["item_key"] == key):
+                        if key in current:
+                            own[key] = current[key]
+                        else:
+                            own.pop(key, None)
+                own_ticks, own_unticks = diff(block_keys, selected, own)
+                if len(own_ticks) + len(own_unticks) == 1:
+                    ticks, unticks = own_ticks, own_unticks
             change = Change([k for k in ticks if k not in current], [k for k in unticks if k in current],
                             row["version"])
             if not change.changed:

@@ -128,6 +128,21 @@ def test_a_quick_tick_then_untick_by_the_same_person_counts_before_slack_refresh
     assert {k: t.user for k, t in store.state(c.id).items()} == {"b": "U0BOB"}
 
 
+def test_a_second_stale_client_of_the_same_person_cannot_revert_what_they_did_elsewhere(tmp_path):
+    store, c, at = _two_item_checklist(tmp_path)
+    # carol ticks "a" on her phone (version 2); her desktop still shows version 1, where she ticks "b"
+    assert store.apply_selection(c.id, ["a", "b"], ["a"], 1, "U0CAROL", at).version == 2
+    assert store.apply_selection(c.id, ["a", "b"], ["b"], 1, "U0CAROL", at).ticks == ["b"]
+    assert set(store.state(c.id)) == {"a", "b"}  # her phone's tick stays
+    # bob ticks "a"; carol unticks it on her phone; her desktop, on bob's version, ticks "b"
+    store2, c2, _ = _two_item_checklist(tmp_path / "second")
+    v = store2.apply_selection(c2.id, ["a", "b"], ["a"], 1, "U0BOB", at).version
+    assert store2.apply_selection(c2.id, ["a", "b"], [], v, "U0CAROL", at).unticks == ["a"]
+    change = store2.apply_selection(c2.id, ["a", "b"], ["a", "b"], v, "U0CAROL", at)
+    assert (change.ticks, change.unticks) == (["b"], [])
+    assert set(store2.state(c2.id)) == {"b"}  # "a" is not re-ticked in her name
+
+
 def test_rendered_checklist_splits_long_groups_and_stays_within_slack_limits(tmp_path):
     store = ChecklistStore(Catalog(tmp_path / "c.db"))
     items = [Item(f"d{i}", f"Daily chore number {i} " + "x" * 60, "daily", "backup") for i in range(12)]
