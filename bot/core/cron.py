@@ -45,6 +45,8 @@ def crontab_days(field: str) -> str:
     days: set[int] = set()
     for item in field.split(","):
         part, _slash, step_text = item.partition("/")
+        if step_text and not (step_text.isascii() and step_text.isdigit()):
+            raise ValueError(f"step in {field!r} must be a whole number")
         step = int(step_text) if step_text else 1
         if step < 1:
             raise ValueError(f"step in {field!r} must be at least 1")

@@ -85,7 +85,7 @@ def busy_message(target: str, *, link: str | None, run: dict[str, Any] | None, t
         since = f" (started {_stamp(run.get('started_at'), tz)} by {_who(run.get('actor'))} " \
                 f"via {escape(str(run.get('source') or '?'))})"
     where = f" <{link}|See its progress.>" if link else ""
-    what = "A restore over" if run and run.get("kind") == "restore" else "A backup of"
+    what = ("A restore over" if run.get("kind") == "restore" else "A backup of") if run else "A backup or restore of"
     text = f"{what} {target} is already running{since}; not starting another backup."
     return message(text, [section(f":hourglass: {what} `{escape(target)}` is already running{since}; "
                                   f"not starting another backup.{where}")])

@@ -126,6 +126,7 @@ def test_optional_jobs_can_be_switched_off_and_supabase_runs_only_when_configure
     ({"DB_GROWTH_ALERT_PERCENT": "lots"}, "DB_GROWTH_ALERT_PERCENT"),
     ({"DISK_FREE_MIN": "5 parsecs"}, "DISK_FREE_MIN"),
     ({"INTEGRITY_SCHEDULE": "0 4 * * 8"}, "INTEGRITY_SCHEDULE"),
+    ({"INTEGRITY_SCHEDULE": "0 4 * * 1/²"}, "INTEGRITY_SCHEDULE"),  # a superscript step: not int()'s words
     ({"MONITOR_SCHEDULE": "0 25 * * *"}, "MONITOR_SCHEDULE"),
     ({"DRILL_SCHEDULE": "monthly"}, "DRILL_SCHEDULE"),
     ({"SUPABASE_ACCESS_TOKEN": "sbp_0123456789abcdef"}, "SUPABASE_PROJECT_REF"),
@@ -139,7 +140,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(make_settings, env, varia
     with pytest.raises(ConfigError) as err:
         ScheduleSettings.from_settings(settings)
     assert err.value.message.startswith("invalid configuration: ") and err.value.message.endswith(f"({variable})")
-    assert "\n" not in err.value.message
+    assert "\n" not in err.value.message and "invalid literal" not in err.value.message
 
 
 def test_disk_threshold_accepts_a_size_or_a_percentage(make_settings):

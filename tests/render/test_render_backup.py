@@ -121,6 +121,11 @@ def test_busy_message_shows_when_the_running_backup_started_in_the_configured_zo
     # THEN both the text and the blocks give the local time with its zone, not the raw UTC stamp
     for shown in (msg["text"], to_text(msg["blocks"])):
         assert "started 2024-05-02 06:00 CEST by" in shown and "T04:00" not in shown
+    # AND it names what holds the target: a backup, a restore over it, or either when unknown
+    assert r.busy_message("prod", link=None, tz=TZ, run=None)["text"].startswith("A backup or restore of prod")
+    restore = r.busy_message("prod", link=None, tz=TZ, run={"kind": "restore", "started_at": "2024-05-02T04:00:00Z",
+                                                            "actor": "U0BOB", "source": "slack"})
+    assert restore["text"].startswith("A restore over prod is already running")
 
 
 def test_status_running_now_line_is_in_the_configured_zone() -> None:
