@@ -134,11 +134,20 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
         return s.desc in _OWNED and relations_ok(s)
 
     frontier = list(roots)
-    if with_shared:  # a sequence its CREATE TABLE itself uses (an inline default), e.g. one shared by two tables
+    if with_shared:
+        # a sequence its CREATE TABLE itself uses (an inline default), e.g. one shared by two tables
         for d in by_id[roots[0]].deps:
             if d in by_id and by_id[d].desc == "SEQUENCE" and d not in keep:
                 keep.add(d)
                 frontier.append(d)
+        # the tables it inherits from or is a partition of: their definitions only (no data), or its
+        # CREATE TABLE ... INHERITS / ATTACH PARTITION has nothing to name
+        parents = [d for d in by_id[roots[0]].deps if d in by_id and by_id[d].desc == "TABLE"]
+        while parents:
+            d = parents.pop()
+            if d not in keep:
+                keep.add(d)
+                parents.extend(p for p in by_id[d].deps if p in by_id and by_id[p].desc == "TABLE")
     while frontier:
         for s in dependents.get(frontier.pop(), []):
             if s.dump_id in keep or not admit(s):

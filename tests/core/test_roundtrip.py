@@ -267,6 +267,9 @@ CREATE TABLE crm.t (id int);
 INSERT INTO crm.u VALUES (1), (2); INSERT INTO crm.t VALUES (1), (2), (3);
 ALTER TABLE crm.t ENABLE ROW LEVEL SECURITY;
 CREATE POLICY restr ON crm.t AS RESTRICTIVE USING (id IN (SELECT id FROM crm.u));
+CREATE TABLE crm.base (id int);
+CREATE TABLE crm.kid (extra text) INHERITS (crm.base);
+INSERT INTO crm.kid VALUES (1, 'x'), (2, 'y');
 CREATE FUNCTION crm.secret() RETURNS int SECURITY DEFINER LANGUAGE sql AS 'SELECT 1';
 REVOKE EXECUTE ON FUNCTION crm.secret() FROM PUBLIC;
 """
@@ -294,6 +297,12 @@ def test_one_table_with_partitions_policies_on_others_and_private_functions(crm_
     restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into="one_pp", table="crm.pp"),
                                    actor="t", source="cli")
     assert query(_url_for(crm_db, "one_pp"), "SELECT count(*) FROM crm.pp") == [(150,)]
+    # and a partition, or an inheritance child, comes with its parent's definition (not its rows)
+    for table, db, rows in [("crm.pp_1", "one_pp_1", 99), ("crm.kid", "one_kid", 2)]:
+        restored, _ = services.restore(RestoreRequest(backup.id, mode="into", into=db, table=table),
+                                       actor="t", source="cli")
+        assert restored.report.ok, (table, restored.report.lines())
+        assert query(_url_for(crm_db, db), f"SELECT count(*) FROM ONLY {table}") == [(rows,)]
     # While crm.t's policy reads crm.u, crm.u cannot be replaced alone (refused, with what to do)
     with pytest.raises(BackupbotError) as err:
         in_place("crm.u")
