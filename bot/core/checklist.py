@@ -194,6 +194,7 @@ class Change:
     ticks: list[str] = field(default_factory=list)
     unticks: list[str] = field(default_factory=list)
     version: int = 0
+    unclear: bool = False  # the click could not be told apart: nothing recorded, the message is shown afresh
 
     @property
     def changed(self) -> bool:
@@ -274,24 +275,18 @@ class ChecklistStore:
             seen_v = min(seen_version, row["version"])
             seen = fold(events, up_to_version=seen_v)
             current = fold(events)
-            ticks, unticks = diff(block_keys, selected, seen)
-            if len(ticks) + len(unticks) != 1:
-                # One click toggles one box. When the version's state does not explain it, the
-                # view may also show this user's own clicks since (Slack shows a box as they set
-                # it before our update arrives): a quick tick-then-untick. Used only when that
-                # view explains the click as one toggle; a second, stale client of the same
-                # user keeps the version's view, so it cannot revert what they did elsewhere.
-                own = dict(seen)
-                later = [e for e in events if e["version"] > seen_v]
-                for key in {e["item_key"] for e in later}:
-                    if all(e["user"] == user for e in later if e["item_key"] == key):
-                        if key in current:
-                            own[key] = current[key]
-                        else:
-                            own.pop(key, None)
-                own_ticks, own_unticks = diff(block_keys, selected, own)
-                if len(own_ticks) + len(own_unticks) == 1:
-                    ticks, unticks = own_ticks, own_unticks
+            # One click toggles one box. The client shows the state of the version it was sent,
+            # and maybe also this user's own later clicks (Slack shows a box as they set it
+            # before our update arrives: a quick tick-then-untick), or not (a second, stale
+            # client of theirs). Whichever view explains the click as one toggle is taken; when
+            # both do, differently, or neither does, it is not guessed: nothing is recorded and
+            # the caller shows the message afresh, for the user to click again.
+            own = fold([e for e in events if e["version"] <= seen_v or e["user"] == user])
+            by_version, by_own = diff(block_keys, selected, seen), diff(block_keys, selected, own)
+            single = [d for d in (by_version, by_own) if len(d[0]) + len(d[1]) == 1]
+            if not single or (len(single) == 2 and single[0] != single[1]):
+                return Change(version=row["version"], unclear=True)
+            ticks, unticks = single[0]
             change = Change([k for k in ticks if k not in current], [k for k in unticks if k in current],
                             row["version"])
             if not change.changed:

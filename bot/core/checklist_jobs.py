@@ -136,6 +136,7 @@ def apply_click(rt: Runtime, *, channel: str, ts: str, block_id: str, selected: 
             rt.services.catalog.audit("checklist.tick", actor=user, source="slack",
                                       details={"checklist": checklist.id, "day": checklist.day.isoformat(),
                                                "ticked": change.ticks, "unticked": change.unticks})
+        if change.changed or change.unclear:  # unclear: show everyone the real state to click on
             refresh(rt, s.get(checklist.id))
     return change
 

@@ -143,6 +143,27 @@ def test_a_second_stale_client_of_the_same_person_cannot_revert_what_they_did_el
     assert set(store2.state(c2.id)) == {"b"}  # "a" is not re-ticked in her name
 
 
+def test_a_click_that_cannot_be_told_apart_records_nothing_instead_of_guessing(tmp_path):
+    store, c, at = _two_item_checklist(tmp_path)
+    keys = ["a", "b"]
+    # carol ticks "a" then "b" from a client on version 1; bob, up to date, unticks "b"
+    store.apply_selection(c.id, keys, ["a"], 1, "U0CAROL", at)
+    store.apply_selection(c.id, keys, ["b"], 1, "U0CAROL", at)
+    v = store.apply_selection(c.id, keys, ["a"], 3, "U0BOB", at).version
+    # WHEN carol's version-1 client sends [b] (her untick of "a", or a tick of "b" from a stale view)
+    change = store.apply_selection(c.id, keys, ["b"], 1, "U0CAROL", at)
+    # THEN nothing is recorded (bob's untick of "b" is not undone) and the message is to be redrawn
+    assert change.unclear and not change.changed and change.version == v
+    assert set(store.state(c.id)) == {"a"}
+    # AND a colleague's untick is not undone by a stale client of the person who ticked
+    store2, c2, _ = _two_item_checklist(tmp_path / "second")
+    store2.apply_selection(c2.id, keys, ["a"], 1, "U0CAROL", at)
+    v2 = store2.apply_selection(c2.id, keys, [], 2, "U0BOB", at).version
+    change = store2.apply_selection(c2.id, keys, ["a", "b"], 1, "U0CAROL", at)  # her client still shows "a"
+    assert (change.ticks, change.unticks) == (["b"], []) and change.version == v2 + 1
+    assert set(store2.state(c2.id)) == {"b"}
+
+
 def test_rendered_checklist_splits_long_groups_and_stays_within_slack_limits(tmp_path):
     store = ChecklistStore(Catalog(tmp_path / "c.db"))
     items = [Item(f"d{i}", f"Daily chore number {i} " + "x" * 60, "daily", "backup") for i in range(12)]

@@ -217,6 +217,32 @@ def test_after_a_failed_post_the_next_call_posts_todays_checklist(slack_app):
     assert len([m for m in h.fake.messages(CHANNEL) if m.get("text", "").startswith("Backup checklist")]) == 1
 
 
+def test_a_click_that_cannot_be_told_apart_redraws_the_message_and_records_nothing(slack_app):
+    clock = Clock(MONDAY_0900)
+    h, rt = harness(slack_app, clock)
+    cl = checklist_jobs.post_checklist(rt)
+    v1 = h.fake.message(CHANNEL, cl.ts)
+    block = next(b for b in v1["blocks"] if b["type"] == "actions")
+    a, b = (o["value"] for o in block["elements"][0]["options"][:2])
+
+    def on_v1(user: str, selected: list[str]) -> Any:  # a client still showing version 1
+        return checklist_jobs.apply_click(rt, channel=CHANNEL, ts=cl.ts, block_id=block["block_id"],
+                                          selected=selected, user=user)
+
+    on_v1("U0CAROL", [a])
+    on_v1("U0CAROL", [b])
+    current = h.fake.message(CHANNEL, cl.ts)
+    bob_block = next(bl for bl in current["blocks"] if bl["type"] == "actions")
+    checklist_jobs.apply_click(rt, channel=CHANNEL, ts=cl.ts, block_id=bob_block["block_id"], selected=[a],
+                               user="U0BOB")  # bob, up to date, unticks b
+    updates = len(h.fake.calls("chat.update"))
+    # WHEN carol's version-1 client sends [b]: her untick of a, or a tick of b from a stale view
+    change = on_v1("U0CAROL", [b])
+    # THEN nothing is recorded, and the message is redrawn so her client shows the real state
+    assert change.unclear and not change.changed
+    assert ticked(h, cl.ts) == {a} and len(h.fake.calls("chat.update")) == updates + 1
+
+
 def test_backup_drill_is_for_operators_and_posts_the_result(slack_app):
     h, _rt = harness(slack_app, Clock(datetime.now(UTC)), BACKUP_OPERATORS="U0OPS")
     refused = h.command("drill", user="U0ALICE")
