@@ -99,16 +99,22 @@ class AppContext:
             why = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
             log.warning("cannot resolve user group %s: %s", group_id, why)
             with self._lock:
-                newer = self._groups.get(group_id)
-                if newer and newer[0] >= asked and group_id not in self._group_errors:
-                    return newer[1]  # a lookup that began later succeeded meanwhile: its answer stands
-                self._groups[group_id] = (time.monotonic(), frozenset())
+                if self._answered_later(group_id, asked):  # a newer answer stands, and is the answer
+                    return self._groups[group_id][1]
+                self._groups[group_id] = (asked, frozenset())
                 self._group_errors[group_id] = str(why)
             return frozenset()
         with self._lock:
-            self._groups[group_id] = (time.monotonic(), users)
+            if self._answered_later(group_id, asked):  # an older answer never replaces a newer one
+                return self._groups[group_id][1]
+            self._groups[group_id] = (asked, users)
             self._group_errors.pop(group_id, None)
         return users
+
+    def _answered_later(self, group_id: str, asked: float) -> bool:
+        """Whether a lookup asked after ``asked`` has already been written (entries carry their ask time)."""
+        entry = self._groups.get(group_id)
+        return entry is not None and entry[0] > asked
 
     def lookup_note(self, entries: tuple[str, ...]) -> str:
         """For a refusal: the user groups among ``entries`` Slack could not be asked about just now."""

@@ -190,6 +190,37 @@ def test_an_old_member_list_never_grants_rights_when_slack_cannot_be_asked(slack
     assert _backups(h) == []
 
 
+def test_an_older_group_answer_arriving_late_never_replaces_a_newer_one(slack_app, monkeypatch):
+    import threading
+
+    import bot.app
+
+    h = slack_app(BACKUP_OPERATORS="U0OPS,S0DBAS")
+    monkeypatch.setattr(bot.app, "GROUP_CACHE_SECONDS", 0)  # every check asks Slack
+    first_asked, release_first = threading.Event(), threading.Event()
+    answers = iter([["U0BOB"], []])  # the first lookup still has bob; the second, asked later, not
+
+    class Client:
+        def usergroups_users_list(self, usergroup: str) -> dict[str, list[str]]:
+            users = next(answers)
+            if users:  # the first lookup: held until the second one has answered
+                first_asked.set()
+                assert release_first.wait(10)
+            return {"users": users}
+
+    h.ctx.client = Client()  # type: ignore[assignment]
+    seen: list[bool] = []
+    first = threading.Thread(target=lambda: seen.append(h.ctx.is_operator("U0BOB")))
+    first.start()
+    assert first_asked.wait(10)
+    assert h.ctx.is_operator("U0BOB") is False  # the newer answer: bob was removed
+    release_first.set()
+    first.join(10)
+    # THEN the late, older answer neither grants (it returns the newer list) nor is kept
+    assert seen == [False]
+    assert h.ctx._groups["S0DBAS"][1] == frozenset()
+
+
 def test_ack_does_not_wait_for_a_rate_limited_operator_group_lookup(slack_app, fake_slack):
     # GIVEN operators through a user group, and Slack rate-limiting the group lookup (Retry-After: 2)
     fake_slack.set_usergroup("S0DBAS", ["U0BOB"])
