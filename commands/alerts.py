@@ -101,9 +101,10 @@ class AlertPoster:
         return alert
 
     def post_recovery(self, kind: str, target: str | None, *, backup: Backup | None = None,
-                      note: str = "") -> Alert | None:
-        """Resolve the open alert of this kind and target, if any, and say so."""
-        alert = self.alerts.resolve(kind, target)
+                      note: str = "", alert_id: int | None = None, about: str | None = None) -> Alert | None:
+        """Resolve the open alert of this kind and target, if any (``alert_id``/``about``: only that
+        alert, while its message names that), and say so."""
+        alert = self.alerts.resolve(kind, target, alert_id=alert_id, about=about)
         if alert is None:
             return None
         tz = self.ctx.settings.tz
@@ -137,15 +138,12 @@ class AlertPoster:
             try:
                 self.ctx.core.get_backup(backup_id)
             except NotFound as exc:  # deleted since (retention), or not in this catalog
-                alert = next((a for a in self.alerts.open_alerts(target)
-                              if a.kind == "verify" and a.id == value.get("alert")), None)
-                # Resolved only when this very alert is still about this backup: an older button
-                # must not settle a newer failure of another backup.
-                settles = alert is not None and backup_id in alert.message and "deleted by retention" in exc.message
-                reply({"text": f"{exc.message}: nothing to verify."
-                               + (" Its alert is resolved." if settles else "")})
-                if settles:
-                    self.post_recovery("verify", target, note=f"backup {backup_id} was deleted by retention")
+                # Resolved only when retention deleted it and this very alert is still about it:
+                # an older button must not settle a newer failure of another backup.
+                settled = self.ctx.core.catalog.was_deleted(backup_id) and self.post_recovery(
+                    "verify", target, note=f"backup {backup_id} was deleted by retention",
+                    alert_id=value.get("alert"), about=backup_id)
+                reply({"text": f"{exc.message}: nothing to verify." + (" Its alert is resolved." if settled else "")})
                 return
             reply({"text": f"Verifying {backup_id} again…"})
             self.ctx.submit(self._retry_verify, backup_id, user, reply)

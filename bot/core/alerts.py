@@ -82,11 +82,15 @@ class Alerts:
                 alert_id, new = int(table.last_pk), True  # type: ignore[arg-type]
         return self.get(alert_id), new
 
-    def resolve(self, kind: str, target: str | None, now: datetime | None = None) -> Alert | None:
-        """Close the open alert of this kind and target; returns it if there was one."""
+    def resolve(self, kind: str, target: str | None, now: datetime | None = None, *,
+                alert_id: int | None = None, about: str | None = None) -> Alert | None:
+        """Close the open alert of this kind and target; returns it if there was one. With
+        ``alert_id`` / ``about``: only if the open one is that alert / its message names that,
+        checked in the same transaction."""
         with self.catalog.tx() as db:
             row = self._open_row(kind, target)
-            if not row:
+            if not row or (alert_id is not None and row["id"] != alert_id) \
+                    or (about is not None and about not in (row["message"] or "").split()):
                 return None
             db.table("alerts").update(row["id"], {"resolved_at": iso(now or utcnow())})
         return self.get(row["id"])

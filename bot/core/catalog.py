@@ -421,6 +421,10 @@ class Catalog:
         with self.tx() as db:
             db.table("copies").update((backup_id, destination), {"status": status, "error": redact(error) if error else None})
 
+    def was_deleted(self, backup_id: str) -> bool:
+        """Whether retention deleted this backup (its row stays, marked deleted)."""
+        return bool(list(self.db.query("SELECT 1 FROM backups WHERE id = ? AND status = 'deleted'", [backup_id])))
+
     def mark_deleted(self, backup_id: str) -> None:
         with self.tx() as db:
             db.table("backups").update(backup_id, {"status": "deleted"})
