@@ -47,7 +47,7 @@ def make_client(settings: Settings) -> WebClient:
     )
 
 
-def check_slack(settings: Settings, client: WebClient) -> None:
+def check_slack(client: WebClient) -> None:
     """Before anything starts: Slack's Web API answers and accepts the bot token. Either failure
     is one line (the supervisor restarts the bot; schedules run only while it runs)."""
     sdk_log = logging.getLogger("slack_sdk.web.base_client")
@@ -56,8 +56,7 @@ def check_slack(settings: Settings, client: WebClient) -> None:
     try:
         client.auth_test()
     except SlackApiError as exc:
-        code = exc.response.get("error") if exc.response is not None else None
-        raise ConfigError(f"Slack refused the bot token at auth.test ({code or exc.response.status_code})",
+        raise ConfigError(f"Slack refused the bot token at auth.test ({exc.response.get('error')})",
                           "SLACK_BOT_TOKEN") from None
     except OSError as exc:  # urllib's URLError included: DNS, refused, TLS, proxy
         reason = getattr(exc, "reason", None) or exc

@@ -56,7 +56,7 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
     use_http = http or not settings.slack.app_token
     validate_slack_settings(settings, http=use_http)
     client = make_client(settings)
-    check_slack(settings, client)  # before anything is settled or started
+    check_slack(client)  # before anything is settled or started
     services = build_services(settings)
     # Restores, drills and checks the bot itself started cannot still be running now that it
     # starts again; ones the CLI started (source "cli") may be, so they are left alone.

@@ -51,8 +51,9 @@ class PruneResult:
 class BackupBusy(Refused):
     def __init__(self, target: str, run: dict[str, Any] | None, tz: ZoneInfo | None = None) -> None:
         since = f" (started {_local(run['started_at'], tz or ZoneInfo('UTC'))} by {run['actor']} via {run['source']})" if run else ""
-        what = ("a restore over" if run.get("kind") == "restore" else "a backup of") if run else "a backup or restore of"
-        super().__init__(f"{what} {target} is already running{since}")
+        from bot.render.common import holder_phrase
+
+        super().__init__(f"{holder_phrase(run)} {target} is already running{since}")
         self.run = run
 
 
@@ -308,16 +309,12 @@ class Services:
         by_name = {s.name: s for s in self.storages}
         for backup_id in decision.delete:
             backup = by_id[backup_id]
+            live = [by_name[c.destination] for c in backup.copies
+                    if c.destination in by_name and c.status not in ("failed", "deleted")]
             try:
-                for copy in backup.copies:
-                    storage = by_name.get(copy.destination)
-                    if storage is None or copy.status in ("failed", "deleted"):
-                        continue
+                for storage in live:  # all checked before anything goes
                     moved_from(backup, storage, raising=True)
-                for copy in backup.copies:
-                    storage = by_name.get(copy.destination)
-                    if storage is None or copy.status in ("failed", "deleted"):
-                        continue
+                for storage in live:
                     for key in {backup.object_key, *backup.manifest.get("files", {}).values()}:
                         storage.delete(key)
                 self.catalog.mark_deleted(backup_id)

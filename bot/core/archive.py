@@ -119,9 +119,9 @@ class _Reader:
         return self.take(n)
 
 
-def read_toc(fd: int) -> ArchiveToc:
-    """Parse the header and TOC of the custom archive in ``fd``."""
-    return parse_toc(lambda pos, n: os.pread(fd, n, pos))
+def read_toc(fd: int, *, data_uncompressed: bool = True) -> ArchiveToc:
+    """Parse the header and TOC of the custom archive in ``fd`` (see ``parse_toc``)."""
+    return parse_toc(lambda pos, n: os.pread(fd, n, pos), data_uncompressed=data_uncompressed)
 
 
 def parse_toc(read_at: Callable[[int, int], bytes], *, data_uncompressed: bool = True) -> ArchiveToc:

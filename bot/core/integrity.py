@@ -120,11 +120,17 @@ def alert_on(report: IntegrityReport, alarms: Alarms, *, now: datetime) -> None:
         alarms.fire("integrity", name, f"integrity check of {name}: {len(findings)} problem(s) in "
                                        f"{len(backups)} backup(s)",
                     now=now, every=ALERT_REPEAT, detail=detail,
-                    hint=("A missing or corrupt copy cannot be restored from: take a fresh backup "
-                          "(`/backup now`) and look after the storage behind the failing copy."
-                          if any(f.kind not in ("key", "moved") for f in findings) else
-                          "The copies are intact, but the configured age key cannot open them: check "
-                          "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS)."
-                          if all(f.kind == "key" for f in findings) else
-                          "Copies sit where they were stored, not where the settings now look: move them "
-                          "there or restore the old BACKUP_DIR / S3 settings (details below)."))
+                    hint=_hint(findings))
+
+
+def _hint(findings: list[Finding]) -> str:
+    """What to do, for the worst kind of finding: the copies' own faults first."""
+    kinds = {f.kind for f in findings}
+    if kinds - {"key", "moved"}:
+        return ("A missing or corrupt copy cannot be restored from: take a fresh backup "
+                "(`/backup now`) and look after the storage behind the failing copy.")
+    if kinds == {"key"}:
+        return ("The copies are intact, but the configured age key cannot open them: check "
+                "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS).")
+    return ("Copies sit where they were stored, not where the settings now look: move them "
+            "there or restore the old BACKUP_DIR / S3 settings (details below).")

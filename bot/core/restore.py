@@ -477,7 +477,7 @@ def _restore_list(ctx: LoadContext, table: str | None,
             if table:
                 fd = os.open(ctx.archive, os.O_RDONLY)
                 try:
-                    slots = archive.parse_toc(lambda pos, n: os.pread(fd, n, pos), data_uncompressed=False).entries
+                    slots = archive.read_toc(fd, data_uncompressed=False).entries
                 finally:
                     os.close(fd)
         else:

@@ -26,6 +26,7 @@ from bot.render.common import (
     escape,
     fields,
     header,
+    holder_phrase,
     human_bytes,
     human_duration,
     local_time,
@@ -85,7 +86,7 @@ def busy_message(target: str, *, link: str | None, run: dict[str, Any] | None, t
         since = f" (started {_stamp(run.get('started_at'), tz)} by {_who(run.get('actor'))} " \
                 f"via {escape(str(run.get('source') or '?'))})"
     where = f" <{link}|See its progress.>" if link else ""
-    what = ("A restore over" if run.get("kind") == "restore" else "A backup of") if run else "A backup or restore of"
+    what = holder_phrase(run).capitalize()
     text = f"{what} {target} is already running{since}; not starting another backup."
     return message(text, [section(f":hourglass: {what} `{escape(target)}` is already running{since}; "
                                   f"not starting another backup.{where}")])

@@ -40,6 +40,13 @@ def local_time(dt: datetime | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M %Z"
     return dt.astimezone(tz).strftime(fmt) if dt else "never"
 
 
+def holder_phrase(run: dict[str, Any] | None) -> str:
+    """What holds a target's lock, from its run row (None: the catalog cannot tell)."""
+    if run is None:
+        return "a backup or restore of"
+    return "a restore over" if run.get("kind") == "restore" else "a backup of"
+
+
 def escape(text: str) -> str:
     """Escape the three characters Slack's mrkdwn treats as control characters."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
