@@ -134,12 +134,15 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
         return s.desc in _OWNED and relations_ok(s)
 
     frontier = list(roots)
-    if with_shared:
-        # a sequence its CREATE TABLE itself uses (an inline default), e.g. one shared by two tables
-        for d in by_id[roots[0]].deps:
+
+    def take_sequences(s: archive.TocSlot) -> None:  # with their SET and grants, through the frontier
+        for d in s.deps:
             if d in by_id and by_id[d].desc == "SEQUENCE" and d not in keep:
                 keep.add(d)
                 frontier.append(d)
+
+    if with_shared:  # a sequence its CREATE TABLE itself uses (an inline default), e.g. one shared by two tables
+        take_sequences(by_id[roots[0]])
         # the tables it inherits from or is a partition of: their definitions only (no data), or its
         # CREATE TABLE ... INHERITS / ATTACH PARTITION has nothing to name
         parents = [d for d in by_id[roots[0]].deps if d in by_id and by_id[d].desc == "TABLE"]
@@ -154,11 +157,8 @@ def one_table_by_deps(entries: list[TocEntry], slots: Iterable[archive.TocSlot],
                 continue
             keep.add(s.dump_id)
             frontier.append(s.dump_id)
-            if s.desc == "DEFAULT":  # a default's sequence (nextval) comes along, with its SET and grants
-                for d in s.deps:
-                    if d in by_id and by_id[d].desc == "SEQUENCE" and d not in keep:
-                        keep.add(d)
-                        frontier.append(d)
+            if s.desc == "DEFAULT":  # a default's sequence (nextval) comes along
+                take_sequences(s)
     if with_shared:
         # the schema's types and functions, which its functions may use without a recorded dependency
         extras = [s.dump_id for s in by_id.values() if s.namespace == schema and s.desc in ("TYPE", "DOMAIN", "FUNCTION")]
