@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from bot import cli_schedules
 from bot.config import Settings, load_settings
 from bot.core.redact import install_log_redaction, redact
-from bot.errors import BackupbotError
+from bot.errors import BackupbotError, Terminated
 from bot.render.common import human_bytes
 
 log = logging.getLogger("backupbot")
@@ -231,11 +231,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 COMMANDS.update({"audit": cmd_audit, "restore-requests": cmd_restore_requests})
 COMMANDS.update(cli_schedules.COMMANDS)  # checklist, drill, schedule
 NEEDS_NO_SETTINGS = {"demo"}
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a supervisor, `kill`): unwinds like Ctrl-C, so a backup removes its partial files
-    and its run is marked failed instead of the process just vanishing."""
 
 
 def _terminated(_signum: int, _frame: Any) -> None:

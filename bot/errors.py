@@ -20,6 +20,11 @@ class BackupbotError(Exception):
         super().__init__(self.message)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, `kill`), raised by the CLI's handler: unwinds like Ctrl-C, so a
+    backup removes its partial files and its run is marked failed; the CLI exits 143."""
+
+
 class ConfigError(BackupbotError):
     """A setting is missing or invalid."""
 

@@ -54,7 +54,14 @@ from bot.core.verify import (
     read_roles_dump,
     verify_copy,
 )
-from bot.errors import BackupbotError, IntegrityError, NotFound, RestoreError, StorageError
+from bot.errors import (
+    BackupbotError,
+    IntegrityError,
+    NotFound,
+    RestoreError,
+    StorageError,
+    Terminated,
+)
 from bot.render.common import human_bytes
 
 log = logging.getLogger(__name__)
@@ -439,6 +446,7 @@ def restore(
             if kept:
                 left += f"; roles this restore created could not be removed: {', '.join(kept)}"
         msg = (exc.message if isinstance(exc, BackupbotError)
+               else "terminated (SIGTERM)" if isinstance(exc, Terminated)
                else "interrupted" if isinstance(exc, KeyboardInterrupt)
                else f"{type(exc).__name__}: {redact(exc)}") + left
         # Over an existing database, a failure after the commit (even Ctrl-C) must not read as
@@ -456,7 +464,7 @@ def restore(
         if committed or hinted:
             err = RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id}: {msg}")
             if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the exit status still says so
-                err.exit_code = 130
+                err.exit_code = 143 if isinstance(exc, Terminated) else 130
             raise err from exc
         if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
             raise

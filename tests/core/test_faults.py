@@ -218,6 +218,17 @@ def test_ctrl_c_after_an_in_place_restore_committed_says_the_target_changed(crm_
     assert query(crm_db, "SELECT count(*) FROM crm.notes WHERE id > 700")[0][0] > 0  # it did restore
     # AND the audit log has its end, as for any failed restore
     assert [e["action"] for e in services.catalog.audit_events(5)][0] == "restore.failed"
+    # AND a SIGTERM there says so and keeps its own exit status
+
+    def terminated(*_a, **_k):
+        from bot.errors import Terminated
+
+        raise Terminated
+
+    monkeypatch.setattr(restore_mod, "inspect_database", terminated)
+    with pytest.raises(RestoreError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli", safety_backup=False)
+    assert "terminated (SIGTERM)" in err.value.message and err.value.exit_code == 143
 
 
 def test_a_changed_or_deleted_roles_dump_fails_verify_and_is_never_applied(crm_db, make_services, tmp_path):

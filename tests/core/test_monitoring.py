@@ -176,3 +176,23 @@ def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(ma
     # THEN the alert it raised from the outdated read is resolved at once, and none stays open
     assert events.names() == ["stale.alert", "stale.resolved"]
     assert Alerts(services.catalog).open_alerts() == []
+
+
+def test_resolving_only_a_given_alert_about_a_given_backup(tmp_path):
+    """What a Retry on a pruned backup's alert relies on: checked and closed in one transaction."""
+    catalog = Catalog(tmp_path / "c.db")
+    alerts = Alerts(catalog)
+    alert, _new = alerts.raise_("verify", "prod", "backup prod-B failed verification: checksum mismatch")
+    # another alert's id, or a message about another backup: left open
+    assert alerts.resolve("verify", "prod", alert_id=alert.id + 1) is None
+    assert alerts.resolve("verify", "prod", alert_id=alert.id, about="prod-A") is None
+    assert alerts.resolve("verify", "prod", alert_id=alert.id, about="prod-") is None  # a whole id, not a prefix
+    assert [a.id for a in alerts.open_alerts()] == [alert.id]
+    # this alert, about this backup: closed
+    assert alerts.resolve("verify", "prod", alert_id=alert.id, about="prod-B").id == alert.id
+    assert alerts.open_alerts() == []
+    # and only a backup retention deleted counts as deleted
+    add_backup_row(catalog, "prod", T0)
+    kept = add_backup_row(catalog, "prod", T0 + timedelta(hours=1))
+    catalog.mark_deleted(kept)
+    assert catalog.was_deleted(kept) and not catalog.was_deleted("prod-never-existed")
