@@ -601,11 +601,14 @@ def _fill_offsets(fd: int, finder: archive.BlockFinder, backup_id: str) -> None:
 
 class Spool:
     """A decrypted, decompressed archive in a private temporary file (mode 0600), checksum checked
-    on the way. It holds the database's data in clear: ``remove`` deletes it when the restore ends,
-    and the flock held meanwhile tells the start-up sweep (services) that it is in use."""
+    on the way. It holds the database's data in clear, so it has no name: created in the temporary
+    directory and unlinked at once, it is reached as ``/proc/<pid>/fd/<n>`` by our pg_restore
+    children while we hold it open, and the kernel frees it when we close it or die (even by
+    SIGKILL). Where /proc cannot be used it keeps its name; ``remove`` then deletes it, and the
+    flock held meanwhile tells the start-up sweep (services) that it is in use."""
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
-        self.path, self._fd, self.size = path, fd, size
+    def __init__(self, path: Path, fd: int, size: int, named: bool = True) -> None:
+        self.path, self._fd, self.size, self.named = path, fd, size, named
 
     @classmethod
     def unpack(cls, backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
@@ -616,11 +619,12 @@ class Spool:
             fd, name = tempfile.mkstemp(prefix="backupbot-", suffix=".dump", dir=temp_dir)  # mode 0600
         except OSError as exc:
             raise no_room(exc, Path(temp_dir or tempfile.gettempdir())) from None
-        path = Path(name)
+        where = Path(name).parent
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # a filesystem without locks: only the start-up sweep relies on it
             pass
+        path, named = _unname(Path(name), fd)
         reader: HashingReader | None = None
         writer: ThreadedWriter | None = None
         finder = archive.BlockFinder()
@@ -637,19 +641,34 @@ class Spool:
             if writer.observe_error is None:
                 _fill_offsets(fd, finder, backup.id)
         except BaseException:
-            path.unlink(missing_ok=True)
+            if named:
+                path.unlink(missing_ok=True)
             os.close(fd)
             if writer is not None and isinstance(writer.error, OSError):  # our disk, not the copy
-                raise no_room(writer.error, path.parent) from None
+                raise no_room(writer.error, where) from None
             raise
         finally:
             if reader is not None:
                 reader.close()
-        return cls(path, fd, size)
+        return cls(path, fd, size, named)
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)  # releases the lock
+        if self.named:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # releases the lock; an unnamed file is freed now
+
+
+def _unname(path: Path, fd: int) -> tuple[Path, bool]:
+    """Unlink a new temporary file, returning the path by which our children (same user) can
+    still open it, and False; or, where that path does not work (no /proc), the file's own path
+    and True."""
+    alias = Path(f"/proc/{os.getpid()}/fd/{fd}")
+    try:
+        os.close(os.open(alias, os.O_RDONLY))
+        path.unlink()
+    except OSError:
+        return path, True
+    return alias, False
 
 
 def _render_streamed(ctx: LoadContext, args: list[str]) -> str:

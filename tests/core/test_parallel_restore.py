@@ -20,13 +20,15 @@ from bot.errors import BackupbotError, ConfigError, RestoreError, StorageError
 from tests.fixtures.pg import big_table, fake_bindir, query, table_checksums
 
 # Records every call (one line per call, arguments joined by a tab) and, for a restore from a
-# file, that file's permission bits and a copy of it; then runs the real pg_restore.
+# file, that file's permission bits, what it links to (for /proc/<pid>/fd/<n>), the temporary
+# directory's listing and a copy of the file; then runs the real pg_restore.
 RECORD_CALLS = """#!/bin/sh
 last=""
 for a in "$@"; do last="$a"; done
 mode=""
-if [ -f "$last" ]; then mode=$(stat -c %a "$last"); cp "$last" "@LOG@.archive"; fi
-(IFS="$(printf '\\t')"; echo "$*	mode=$mode	tempdir=$(ls @TMP@ | tr '\\n' ' ')") >> "@LOG@"
+target=""
+if [ -f "$last" ]; then mode=$(stat -L -c %a "$last"); target=$(readlink "$last"); cp "$last" "@LOG@.archive"; fi
+(IFS="$(printf '\\t')"; echo "$*	mode=$mode	target=$target	tempdir=$(ls @TMP@ | tr '\\n' ' ')") >> "@LOG@"
 exec @REAL@/pg_restore "$@"
 """
 
@@ -91,11 +93,15 @@ def test_restore_into_loads_in_parallel_from_a_private_copy_that_is_removed(crm_
     # WHEN restoring into a new database
     outcome, _ = services.restore(RestoreRequest(backup.id, mode="into", into="par_copy"), actor="t",
                                   source="cli", progress=said.append)
-    # THEN pg_restore loaded with two connections from a 0600 file in that directory, not in one transaction
+    # THEN pg_restore loaded with two connections from a 0600 file in that directory, not in one
+    # transaction; a file without a name there (its data is in clear), reached through /proc
     calls = _restore_calls(log)
     assert len(calls) == 1, calls
     assert "--jobs=2" in calls[0] and "--single-transaction" not in calls[0]
-    assert "mode=600" in calls[0] and "backupbot-" in calls[0].split("tempdir=")[1]
+    assert "mode=600" in calls[0], calls[0]
+    target = calls[0].split("target=")[1].split("\t")[0]
+    assert target.startswith(f"{temp_dir}/backupbot-") and target.endswith(" (deleted)"), target
+    assert calls[0].split("tempdir=")[1].strip() == "", calls[0]
     assert any("loading with 2 connections" in m for m in said), said
     # AND the archive it read records where each table's data starts, as `pg_dump -f` would have
     fd = os.open(log.with_name(log.name + ".archive"), os.O_RDONLY)
