@@ -253,20 +253,32 @@ class Services:
                         actor: str, source: str, progress: Callable[[str], None] | None, safety_backup: bool,
                         on_safety_backup: Callable[[Backup], None] | None) -> tuple[RestoreOutcome, Backup | None]:
         safety: Backup | None = None
-        try:
-            if req.mode in ("in-place", "to") and safety_backup and target is not None:
-                (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
+
+        def take_safety_backup() -> None:
+            nonlocal safety
+            assert target is not None
+            (progress or (lambda _m: None))(f"taking a safety backup of {target.name} first")
+            try:
                 safety = self._backup_locked(target, actor=actor, source=source, kind="pre-restore",
                                              tags=("pre-restore",)).backup
-                if on_safety_backup is not None:  # callers report it before the restore starts
-                    on_safety_backup(safety)
+            except BackupbotError as exc:
+                raise RestoreError(f"the safety backup of {target.name} failed, so the restore did not start and "
+                                   f"{target.name} is unchanged: {exc.message}") from exc
+            if on_safety_backup is not None:  # callers report it before the restore starts
+                on_safety_backup(safety)
+
+        wants_safety = req.mode in ("in-place", "to") and safety_backup and target is not None
+        try:
             from bot.core import supabase_restore
 
+            # The safety backup comes once a copy has been found intact: a corrupt copy then fails
+            # at once instead of after a backup of the whole target.
             outcome = restore(
                 request=req, backup=backup, dest_url=dest_url, catalog=self.catalog, storages=self.storages,
                 identity_file=self.settings.encryption.identity_file, bindir=self.settings.pg_bindir,
                 actor=actor, source=source, progress=progress, maintenance_work_mem=self.settings.restore_work_mem,
                 jobs=self.settings.restore_jobs, temp_dir=self.settings.restore_temp_dir,
+                before_load=take_safety_backup if wants_safety else None,
                 **supabase_restore.restore_hooks(backup, dest_url, req),
             )
         except BackupbotError as exc:

@@ -285,6 +285,7 @@ def restore(
     seekable_archive: bool = False,
     jobs: int = 1,
     temp_dir: Path | None = None,
+    before_load: Callable[[], None] | None = None,
 ) -> RestoreOutcome:
     """Run one restore. ``dest_url`` is the server/database chosen by the caller (services).
 
@@ -297,7 +298,11 @@ def restore(
     ``jobs`` > 1 loads a new database (mode "into") with that many pg_restore connections, from
     a local copy in ``temp_dir``: tables load and indexes build side by side. There is no single
     transaction then; a failed restore drops the database it created, so nothing half-done stays.
-    Without room for the local copy the restore streams in one transaction instead."""
+    Without room for the local copy the restore streams in one transaction instead.
+
+    ``before_load`` runs once a copy has been found intact and before anything touches the
+    destination (services take the safety backup there: a corrupt copy fails before that, not
+    after minutes of backing up); its time is not counted in the restore's duration."""
     say = progress or (lambda _m: None)
     info = ConnInfo.parse(dest_url)
     check_not_transaction_pooler(info)
@@ -362,6 +367,10 @@ def restore(
                 raise StorageError(f"no copy of {backup.id} could be read right now: " + "; ".join(errors))
             raise IntegrityError(f"no intact copy of {backup.id}: " + "; ".join(errors))
         say(f"checksum of the {storage.name} copy matches")
+        if before_load is not None:
+            started = time.monotonic()
+            before_load()
+            t0 += time.monotonic() - started
 
         # A database made by "into" does not exist yet: ask the server through its maintenance db.
         major, server_full = server_version(info.with_db("postgres") if request.mode == "into" else info)

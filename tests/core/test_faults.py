@@ -195,6 +195,45 @@ def test_failed_in_place_restore_leaves_target_exactly_as_before(crm_db, make_se
     assert services.catalog.runs(kind="restore")[0]["status"] == "failed"
 
 
+def test_in_place_restore_of_a_corrupt_copy_fails_before_any_safety_backup(crm_db, make_services, tmp_path):
+    # GIVEN a backup whose only copy has since been corrupted
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
+    before = table_checksums(crm_db)
+    said: list[str] = []
+    # WHEN it is restored over the target
+    with pytest.raises(IntegrityError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli", progress=said.append)
+    # THEN it fails on the copy at once: no safety backup was taken (minutes, on a real database)
+    assert "no intact copy" in err.value.message, err.value.message
+    assert not any("safety backup" in m for m in said), said
+    assert [b.id for b in services.list_backups()] == [backup.id]
+    assert table_checksums(crm_db) == before
+
+
+def test_a_failed_safety_backup_says_the_restore_did_not_start(crm_db, make_services, tmp_path):
+    # GIVEN a good backup, and then a pg_dump that can no longer back the target up
+    backup = make_services(crm_db).backup(actor="t", source="cli").backup
+    services = make_services(crm_db, PG_BINDIR=str(fake_bindir(tmp_path, {"pg_dump": OLD_PG_DUMP})))
+    query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
+    before = table_checksums(crm_db)
+    # WHEN it is restored over the target
+    with pytest.raises(RestoreError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
+    # THEN the one line says which step failed, why, and that the target is unchanged
+    msg = err.value.message
+    assert "the safety backup of prod failed, so the restore did not start and prod is unchanged" in msg, msg
+    assert "pg_dump 14 is older than the server" in msg
+    assert getattr(err.value, "safety_backup", "unset") is None
+    assert table_checksums(crm_db) == before
+    assert [b.id for b in services.list_backups()] == [backup.id]
+
+
 def test_ctrl_c_after_an_in_place_restore_committed_says_the_target_changed(crm_db, make_services, monkeypatch):
     from bot.core import restore as restore_mod
 
