@@ -42,6 +42,12 @@ exec @REAL@/pg_dump "$@"
 """
 
 
+def _flip_a_byte(stored: Path) -> None:
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+
+
 def _nothing_recorded(services) -> None:
     assert services.catalog.list() == []
     runs = services.catalog.runs(kind="backup")
@@ -132,10 +138,7 @@ def test_missing_s3_bucket_keeps_the_local_copy_and_records_the_failed_copy(crm_
 def test_corrupted_copy_is_refused_by_verify_and_restore(crm_db, make_services, tmp_path):
     services = make_services(crm_db)
     backup = services.backup(actor="t", source="cli").backup
-    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst"
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    _flip_a_byte(tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst")
     results = services.verify(backup.id, actor="t", source="cli")
     assert not results[0].ok and "corrupt" in (results[0].error or "")
     assert services.get_backup(backup.id).verify_status == "failed"
@@ -199,10 +202,7 @@ def test_in_place_restore_of_a_corrupt_copy_fails_before_any_safety_backup(crm_d
     # GIVEN a backup whose only copy has since been corrupted
     services = make_services(crm_db)
     backup = services.backup(actor="t", source="cli").backup
-    stored = tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst"
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    _flip_a_byte(tmp_path / "backups" / "prod" / f"{backup.id}.dump.zst")
     query(crm_db, "DELETE FROM crm.notes WHERE id > 700")
     before = table_checksums(crm_db)
     said: list[str] = []
