@@ -2,6 +2,9 @@
 
 The caller passes only *complete* backups; failed or partial runs never reach this module (they
 are not restore points, so they must neither fill a bucket nor count towards ``min_verified``).
+Nor are complete backups with no intact copy left (every copy found corrupt or missing since,
+``restorable=False``): they fill no bucket and are not "newest", so the good backup of their day,
+week or month is the one kept; they are deleted unless kept as "future" or "pre-restore".
 
 Rules, applied to the candidates sorted newest first (ties broken by id, so the result is
 deterministic whatever the input order):
@@ -13,7 +16,10 @@ deterministic whatever the input order):
   that day is kept (reason ``"daily 2026-11-29"``); likewise ``policy.weekly`` ISO weeks
   (``"weekly 2026-W48"``, using the ISO year, so 2027-01-03 is ``2026-W53``) and
   ``policy.monthly`` months (``"monthly 2026-11"``).
-* The newest backup not in the future is always kept (``"newest"``), even with an all-zero policy.
+* The newest restorable backup not in the future is always kept (``"newest"``), even with an
+  all-zero policy; and so is the newest one with an intact copy on each destination
+  (``"newest on s3"``), so that while uploads to one destination keep failing, the buckets
+  filling up with backups that lack it never delete its last copy.
 * Backups created after ``now`` (clock skew between hosts) are kept (``"future"``) and stay out of
   the buckets, so a skewed clock cannot push genuine days out of the window.
 * Backups tagged ``"pre-restore"`` are kept for 7 days after creation whatever the buckets say
@@ -38,6 +44,7 @@ PRE_RESTORE_GRACE = timedelta(days=7)
 
 # Reasons are listed in this order whatever order the rules fired in, so output is stable.
 _REASON_ORDER = ("newest", "future", "daily", "weekly", "monthly", "pre-restore", "min-verified")
+# "newest on <destination>" ranks with "newest".
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class Candidate:
     created_at: datetime  # aware, UTC
     verified: bool  # the last verification succeeded
     tags: frozenset[str] = frozenset()
+    restorable: bool = True  # False: no intact copy is left (all found corrupt or missing)
+    destinations: frozenset[str] = frozenset()  # where it has an intact copy
 
 
 @dataclass(frozen=True)
@@ -114,12 +123,16 @@ def select(
     def keep(c: Candidate, reason: str) -> None:
         reasons.setdefault(c.id, []).append(reason)
 
-    past = [c for c in newest_first if c.created_at <= now]
     for c in newest_first:
         if c.created_at > now:
             keep(c, "future")
+    past = [c for c in newest_first if c.created_at <= now and c.restorable]
     if past:
         keep(past[0], "newest")
+    for destination in sorted({d for c in past for d in c.destinations}):
+        last = next(c for c in past if destination in c.destinations)
+        if last is not past[0]:
+            keep(last, f"newest on {destination}")
     for prefix, count, key in (
         ("daily", policy.daily, day_key),
         ("weekly", policy.weekly, week_key),
@@ -127,12 +140,13 @@ def select(
     ):
         for cid, label in _buckets(past, count, key, tz).items():
             reasons.setdefault(cid, []).append(f"{prefix} {label}")
-    for c in past:
-        if PRE_RESTORE_TAG in c.tags and now - c.created_at < PRE_RESTORE_GRACE:
+    for c in newest_first:
+        if PRE_RESTORE_TAG in c.tags and c.created_at <= now and now - c.created_at < PRE_RESTORE_GRACE:
             keep(c, "pre-restore")
 
-    verified_kept = sum(1 for c in newest_first if c.verified and c.id in reasons)
-    for c in newest_first:
+    # Future backups (a skewed clock) do not count: the real restore points must reach the minimum.
+    verified_kept = sum(1 for c in past if c.verified and c.id in reasons)
+    for c in past:
         if verified_kept >= policy.min_verified:
             break
         if c.verified and c.id not in reasons:

@@ -24,6 +24,16 @@ def b(id: str, when: str, verified: bool = True, *tags: str) -> Candidate:
     return Candidate(id=id, created_at=at(when), verified=verified, tags=frozenset(tags))
 
 
+def bad(id: str, when: str) -> Candidate:
+    """A complete backup whose every copy was found corrupt or missing since."""
+    return Candidate(id=id, created_at=at(when), verified=False, restorable=False)
+
+
+def on(id: str, when: str, *destinations: str) -> Candidate:
+    """A verified backup with intact copies on these destinations."""
+    return Candidate(id=id, created_at=at(when), verified=True, destinations=frozenset(destinations))
+
+
 def policy(
     daily: int = 0, weekly: int = 0, monthly: int = 0, min_verified: int = 0
 ) -> RetentionPolicy:
@@ -249,6 +259,53 @@ CASES = [
         "2026-06-10T12:00",
         keep={"skewed": ["future"], "today": ["newest", "daily 2026-06-10"]},
         delete=["yesterday"],
+    ),
+    Case(
+        "a backup with no intact copy fills no bucket: the good one of its day and month is kept",
+        [
+            b("jan31", "2026-01-31T02:00"),
+            b("feb28", "2026-02-28T02:00"),
+            bad("feb28-corrupt", "2026-02-28T14:00"),
+            b("mar01", "2026-03-01T02:00"),
+        ],
+        policy(daily=1, monthly=3),
+        "2026-03-01T12:00",
+        keep={"mar01": ["newest", "daily 2026-03-01", "monthly 2026-03"], "feb28": ["monthly 2026-02"],
+              "jan31": ["monthly 2026-01"]},
+        delete=["feb28-corrupt"],
+    ),
+    Case(
+        "a newest backup with no intact copy is not the newest restore point",
+        [b("good", "2026-06-09T02:00"), bad("broken", "2026-06-10T02:00")],
+        policy(),
+        "2026-06-10T12:00",
+        keep={"good": ["newest"]},
+        delete=["broken"],
+    ),
+    Case(
+        "while one destination's uploads fail, its newest copy is kept whatever the buckets say",
+        [
+            on("with-s3-1", "2026-06-01T02:00", "local", "s3"),
+            on("with-s3-2", "2026-06-02T02:00", "local", "s3"),
+            on("local-only-1", "2026-06-03T02:00", "local"),
+            on("local-only-2", "2026-06-04T02:00", "local"),
+        ],
+        policy(daily=1),
+        "2026-06-04T12:00",
+        keep={"local-only-2": ["newest", "daily 2026-06-04"], "with-s3-2": ["newest on s3"]},
+        delete=["with-s3-1", "local-only-1"],
+    ),
+    Case(
+        "a backup from the future does not count towards the verified minimum",
+        [
+            b("v1", "2026-06-08T02:00"),
+            b("v2", "2026-06-09T02:00"),
+            b("skewed", "2026-06-15T02:00"),
+        ],
+        policy(min_verified=2),
+        "2026-06-10T12:00",
+        keep={"skewed": ["future"], "v2": ["newest"], "v1": ["min-verified"]},
+        delete=[],
     ),
     Case(
         "backups at the same instant are ordered by id",
