@@ -144,7 +144,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         for backup_id, reasons in r.decision.keep.items():
             print(f"  keep {backup_id} ({', '.join(reasons)})")
         for backup_id, err in r.errors.items():
-            print(f"error: could not delete {backup_id}: {err}", file=sys.stderr)
+            verb = "would not delete" if r.dry_run else "could not delete"
+            print(f"error: {verb} {backup_id}: {err}", file=sys.stderr)
             code = 1
     return code
 

@@ -296,10 +296,12 @@ class Services:
     def _prune_target(self, name: str, *, dry_run: bool, actor: str, source: str) -> PruneResult:
         backups = self.catalog.list(target=name)
         # "Verified" for retention means restorable today: a backup whose copies were found corrupt
-        # or missing since must not count towards RETENTION_MIN_VERIFIED.
-        candidates = [retention.Candidate(b.id, b.created_at,
-                                          b.verified and any(c.status == "stored" for c in b.copies), b.tags)
-                      for b in backups]
+        # or missing since must not count towards RETENTION_MIN_VERIFIED, nor fill a bucket.
+        candidates = []
+        for b in backups:
+            intact = frozenset(c.destination for c in b.copies if c.status in INTACT_COPY)
+            candidates.append(retention.Candidate(b.id, b.created_at, b.verified and bool(intact), b.tags,
+                                                  restorable=bool(intact), destinations=intact))
         decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
         held = {i: "in use by a restore" for i in self.catalog.in_use()}  # being read, or waiting to be
         # Found again by a rescan: what made it worth keeping (say, the newest verified ones) was
@@ -314,25 +316,41 @@ class Services:
                 keep[backup_id] = [held[backup_id]]
             decision = retention.Decision(keep=keep, delete=[i for i in decision.delete if i not in held])
         result = PruneResult(name, decision, dry_run=dry_run)
-        if dry_run or not decision.delete:
-            return result
-        run_id = self.catalog.start_run("prune", name, actor, source, {"delete": decision.delete})
         by_id = {b.id: b for b in backups}
         by_name = {s.name: s for s in self.storages}
+        if dry_run:  # the preview names what the real prune would refuse, too
+            for backup_id in decision.delete:
+                problem = _undeletable(by_id[backup_id], by_name)
+                if problem:
+                    result.errors[backup_id] = problem
+            return result
+        if not decision.delete:
+            return result
+        run_id = self.catalog.start_run("prune", name, actor, source, {"delete": decision.delete})
         for backup_id in decision.delete:
             backup = by_id[backup_id]
-            live = [by_name[c.destination] for c in backup.copies
-                    if c.destination in by_name and c.status not in ("failed", "deleted")]
-            try:
-                for storage in live:  # all checked before anything goes
-                    moved_from(backup, storage, raising=True)
-                for storage in live:
+            problem = _undeletable(backup, by_name)  # all checked before anything goes
+            if problem:
+                result.errors[backup_id] = problem
+                continue
+            failures = []
+            for copy in backup.copies:
+                if copy.status in ("failed", "deleted"):
+                    continue
+                try:
                     for key in {backup.object_key, *backup.manifest.get("files", {}).values()}:
-                        storage.delete(key)
+                        by_name[copy.destination].delete(key)
+                except BackupbotError as exc:
+                    failures.append(f"{copy.destination}: {exc.message}")
+                    continue
+                # Recorded copy by copy: when another destination fails, the catalog still says
+                # which copies are gone and which remain.
+                self.catalog.set_copy_status(backup_id, copy.destination, "deleted")
+            if failures:
+                result.errors[backup_id] = "; ".join(failures) + " (the other copies were deleted)"
+            else:
                 self.catalog.mark_deleted(backup_id)
                 result.deleted.append(backup_id)
-            except BackupbotError as exc:
-                result.errors[backup_id] = exc.message
         self.catalog.finish_run(run_id, "failed" if result.errors else "ok",
                                 error="; ".join(f"{k}: {v}" for k, v in result.errors.items()) or None,
                                 details={"deleted": result.deleted})
@@ -362,6 +380,27 @@ class Services:
                 log.warning("cannot measure %s: %s", s.describe(), exc.message)
                 usage[s.describe()] = {"used": None, "free": None}
         return usage
+
+
+INTACT_COPY = ("stored", "verified")  # copy statuses that can still be restored from
+
+
+def _undeletable(backup: Backup, by_name: dict[str, Storage]) -> str | None:
+    """Why retention must not delete this backup now (nothing of it is deleted then), or None:
+    a copy on a destination that is no longer configured would be left behind while the catalog
+    said it was gone; one whose destination now looks elsewhere would be looked for in the wrong
+    place."""
+    unknown = sorted({c.destination for c in backup.copies
+                      if c.status not in ("failed", "deleted") and c.destination not in by_name})
+    if unknown:
+        return (f"its {' and '.join(unknown)} copy would be left behind: no destination of that name is configured "
+                "now; configure it again (S3_BUCKET …) and prune, so the policy deletes it; nothing was deleted")
+    for c in backup.copies:
+        if c.status not in ("failed", "deleted"):
+            moved = moved_from(backup, by_name[c.destination])
+            if moved:
+                return moved + "; nothing was deleted"
+    return None
 
 
 def build_services(settings: Settings) -> Services:

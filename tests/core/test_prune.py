@@ -94,10 +94,77 @@ def test_a_changed_backup_dir_is_named_and_its_old_copies_neither_condemned_nor_
     assert "BACKUP_DIR" in err.value.message
     assert {c.destination: c.status for c in moved.get_backup(old[0].id).copies} == {"local": "stored"}
     # WHEN a new backup makes the old ones due for pruning THEN they are not reported deleted
-    # while their files stay: the prune names the problem and keeps their rows
+    # while their files stay: the prune names the problem and keeps their rows, and so does its
+    # dry run, the operator's preview
     moved.backup(actor="t", source="cli")
+    [preview] = moved.prune(dry_run=True, actor="t", source="cli")
+    assert set(preview.errors) == {b.id for b in old} and all("BACKUP_DIR" in e for e in preview.errors.values())
     [result] = moved.prune(dry_run=False, actor="t", source="cli")
     assert set(result.errors) == {b.id for b in old} and result.deleted == []
     assert all("nothing was deleted" in e for e in result.errors.values())
     assert all((tmp_path / "backups" / "prod" / f"{b.id}.dump.zst").exists() for b in old)
     assert {b.id for b in old} <= {b.id for b in moved.list_backups()}
+
+
+S3_POLICY = {"RETENTION_DAILY": "1", "RETENTION_WEEKLY": "0", "RETENTION_MONTHLY": "0", "RETENTION_MIN_VERIFIED": "0"}
+
+
+def _s3_env(s3_bucket) -> dict[str, str]:
+    return {"S3_BUCKET": s3_bucket.bucket, "S3_ENDPOINT_URL": s3_bucket.endpoint_url or "", "S3_REGION": "us-east-1"}
+
+
+def _s3_keys(s3_client, s3_bucket) -> list[str]:
+    return [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket.bucket).get("Contents", [])]
+
+
+def test_a_destination_failing_mid_prune_leaves_the_catalog_true_copy_by_copy(crm_db, make_services, s3_bucket,
+                                                                              s3_client, tmp_path, monkeypatch):
+    from bot.errors import StorageError
+
+    # GIVEN two backups on local disk and S3, a policy keeping one, and S3 refusing deletes
+    services = make_services(crm_db, **_s3_env(s3_bucket), **S3_POLICY)
+    old, new = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    s3 = next(s for s in services.storages if s.name == "s3")
+
+    def refuse(_key: str) -> None:
+        raise StorageError("S3 said AccessDenied on DeleteObject")
+
+    monkeypatch.setattr(s3, "delete", refuse)
+    # WHEN pruning
+    [result] = services.prune(dry_run=False, actor="t", source="cli")
+    # THEN the backup stays listed, with its local copy recorded as deleted and its S3 copy as stored,
+    # which is what the destinations hold
+    assert result.deleted == [] and "AccessDenied" in result.errors[old.id]
+    assert "the other copies were deleted" in result.errors[old.id]
+    copies = {c.destination: c.status for c in services.get_backup(old.id).copies}
+    assert copies == {"local": "deleted", "s3": "stored"}
+    assert not (tmp_path / "backups" / "prod" / f"{old.id}.dump.zst").exists()
+    assert any(old.id in k for k in _s3_keys(s3_client, s3_bucket))
+    # WHEN S3 accepts deletes again THEN the next prune finishes the job
+    monkeypatch.undo()
+    [again] = services.prune(dry_run=False, actor="t", source="cli")
+    assert again.deleted == [old.id] and again.errors == {}
+    assert all(old.id not in k for k in _s3_keys(s3_client, s3_bucket))
+    assert [b.id for b in services.list_backups()] == [new.id]
+
+
+def test_prune_without_a_destination_configured_deletes_nothing_it_cannot_reach(crm_db, make_services, s3_bucket,
+                                                                                s3_client):
+    # GIVEN two backups on local disk and S3
+    with_s3 = make_services(crm_db, **_s3_env(s3_bucket), **S3_POLICY)
+    old, _new = (with_s3.backup(actor="t", source="cli").backup for _ in range(2))
+    # WHEN the policy runs from settings without S3 (a dry run, then for real)
+    local_only = make_services(crm_db, **S3_POLICY)
+    [dry] = local_only.prune(dry_run=True, actor="t", source="cli")
+    [real] = local_only.prune(dry_run=False, actor="t", source="cli")
+    # THEN both name the S3 copy that would be left behind, and nothing of that backup goes:
+    # the catalog never says "deleted" of data still in the bucket
+    for result in (dry, real):
+        assert "s3 copy would be left behind" in result.errors[old.id] and "S3_BUCKET" in result.errors[old.id]
+    assert real.deleted == []
+    assert {c.destination: c.status for c in local_only.get_backup(old.id).copies} == {"local": "stored",
+                                                                                          "s3": "stored"}
+    assert any(old.id in k for k in _s3_keys(s3_client, s3_bucket))
+    # WHEN S3 is configured again THEN the policy deletes it everywhere
+    [done] = with_s3.prune(dry_run=False, actor="t", source="cli")
+    assert done.deleted == [old.id] and all(old.id not in k for k in _s3_keys(s3_client, s3_bucket))
