@@ -15,7 +15,7 @@ from typing import Any
 
 from bot.core.catalog import Backup
 from bot.core.monitoring import Alarms
-from bot.errors import BackupbotError
+from bot.errors import BackupbotError, NotFound
 from bot.render.common import human_bytes
 from bot.services import Services
 
@@ -85,23 +85,34 @@ def check_integrity(services: Services, *, actor: str = "backupbot", source: str
     run_id = services.catalog.start_run("integrity", target, actor, source, {"targets": names})
     for name in names:
         for backup in services.catalog.list(target=name):
-            report.checked_backups += 1
+            found: list[Finding] = []
+            copies = 0
             try:
                 results = services.verify(backup.id, actor=actor, source=source, notify=False)
             except BackupbotError as exc:
-                report.findings.append(Finding(name, backup.id, "corrupt", exc.message))
+                results = None
+                found.append(Finding(name, backup.id, "corrupt", exc.message))
+            if results is not None:
+                copies = len(results)
+                if not results:
+                    found.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
+                for r in results:
+                    if not r.ok:
+                        kind = ("key" if r.key_problem else "moved" if r.moved
+                                else "missing" if "missing" in (r.error or "") else "corrupt")
+                        found.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
+                try:
+                    refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
+                except NotFound:  # deleted by retention meanwhile (see below)
+                    continue
+                found += [Finding(name, backup.id, "disagree", text) for text in disagreements(refreshed)]
+            # Retention may delete a backup while this runs (a scheduled backup's prune): its copies
+            # vanishing then is the policy at work, not a fault to alarm anybody about.
+            if services.catalog.was_deleted(backup.id):
                 continue
-            report.checked_copies += len(results)
-            if not results:
-                report.findings.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
-            for r in results:
-                if not r.ok:
-                    kind = ("key" if r.key_problem else "moved" if r.moved
-                            else "missing" if "missing" in (r.error or "") else "corrupt")
-                    report.findings.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
-            refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
-            for text in disagreements(refreshed):
-                report.findings.append(Finding(name, backup.id, "disagree", text))
+            report.checked_backups += 1
+            report.checked_copies += copies
+            report.findings += found
     services.catalog.finish_run(run_id, "ok" if report.ok else "failed", details=report.as_json(),
                                 error=None if report.ok else f"{len(report.findings)} problem(s)")
     return report

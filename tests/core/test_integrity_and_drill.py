@@ -108,3 +108,27 @@ def test_backupbot_drill_cli_prints_the_rto(crm_db, make_services, monkeypatch, 
     out = capsys.readouterr().out
     assert code == 0, out
     assert "(RTO)" in out and "dropped" in out
+
+
+def test_a_backup_pruned_while_the_integrity_check_runs_is_no_finding(crm_db, make_services):
+    # GIVEN three backups and a policy that keeps only the newest; the check starts with the newest
+    services = make_services(crm_db, RETENTION_DAILY="1", RETENTION_WEEKLY="0", RETENTION_MONTHLY="0",
+                             RETENTION_MIN_VERIFIED="0")
+    rt, _poster, events = runtime_for(services)
+    newest, middle, oldest = reversed([services.backup(actor="t", source="cli").backup for _ in range(3)])
+    real_verify = services.verify
+    order: list[str] = []
+
+    def verify_while_pruning(backup_id: str, **kw: Any):
+        order.append(backup_id)
+        if backup_id == middle.id:  # a scheduled backup's prune runs just before this verify...
+            assert services.prune(dry_run=False, actor="t", source="cli")[0].deleted == [oldest.id, middle.id]
+        return real_verify(backup_id, **kw)
+
+    services.verify = verify_while_pruning  # type: ignore[method-assign]
+    # WHEN the weekly integrity check runs
+    report = integrity_job(rt)
+    # THEN the backups retention deleted meanwhile are neither findings nor checked: no false alarm
+    assert order == [newest.id, middle.id, oldest.id], order  # the oldest was gone before its turn
+    assert report.findings == [] and report.checked_backups == 1, report.findings
+    assert "integrity.alert" not in events
