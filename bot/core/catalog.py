@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ from bot.errors import BackupbotError, CatalogError, NotFound
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+FUTURE_SKEW = timedelta(minutes=5)  # clock difference tolerated before a backup counts as from the future
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -385,14 +388,17 @@ class Catalog:
             sql += f" LIMIT {int(limit)}"
         return [self._backup(r) for r in self.db.query(sql, params)]
 
-    def latest_good(self, target: str) -> Backup | None:
+    def latest_good(self, target: str, now: datetime | None = None) -> Backup | None:
         """The newest backup that can still be restored: not failed verification, and at least
-        one copy stored (what the dead-man's switch, drills and status mean by 'good')."""
+        one copy stored (what the dead-man's switch, drills and status mean by 'good'). One
+        stamped in the future (a clock set wrong on the host that took it) is not: it would
+        keep the dead-man's switch quiet until real time caught up with it."""
+        cutoff = iso((now or utcnow()) + FUTURE_SKEW)
         rows = list(self.db.query(
             "SELECT b.* FROM backups b WHERE b.target = ? AND b.status = 'complete' "
-            "AND coalesce(b.verify_status, 'unverified') != 'failed' "
+            "AND coalesce(b.verify_status, 'unverified') != 'failed' AND b.created_at <= ? "
             "AND EXISTS (SELECT 1 FROM copies c WHERE c.backup_id = b.id AND c.status = 'stored') "
-            "ORDER BY b.created_at DESC, b.id DESC LIMIT 1", [target]))
+            "ORDER BY b.created_at DESC, b.id DESC LIMIT 1", [target, cutoff]))
         return self._backup(rows[0]) if rows else None
 
     def in_use(self) -> set[str]:

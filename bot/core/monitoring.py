@@ -215,7 +215,7 @@ class Monitor:
                 for name in (targets if targets is not None else self.services.settings.targets)]
 
     def _check_stale(self, name: str, now: datetime) -> StaleCheck:
-        latest = self.catalog.latest_good(name)
+        latest = self.catalog.latest_good(name, now)
         since = latest.created_at if latest else self.installed_at()
         age = now - since if since else None
         stale = age is not None and age > self.sched.max_backup_age
@@ -231,7 +231,7 @@ class Monitor:
                      "backup's error; `/backup now` takes one immediately.")
             # A backup that landed after the read above had its own check (the recovery listener,
             # another thread) find nothing to clear: clear for it, or the alert stays open.
-            newest = self.catalog.latest_good(name)
+            newest = self.catalog.latest_good(name, now)
             if newest is not None and now - newest.created_at <= self.sched.max_backup_age:
                 resolved = self.alarms.clear("stale", name, now=now)
         else:

@@ -186,10 +186,10 @@ def _target_status(source: StatusSource, name: str, now: datetime, max_age: time
                    check_database: bool) -> TargetStatus:
     status = TargetStatus(name=name, running=source.running(name))
     backups = source.catalog.list(target=name, limit=TREND_SAMPLES)  # the size trend
-    last = source.catalog.latest_good(name)  # what the dead-man's switch calls good, too
+    last = source.catalog.latest_good(name, now)  # what the dead-man's switch calls good, too
     if last is not None:
         status.last_good_id, status.last_good_at = last.id, last.created_at
-        status.age_s = (now - last.created_at).total_seconds()
+        status.age_s = max(0.0, (now - last.created_at).total_seconds())  # within the clock skew tolerated
         status.stale = status.age_s > max_age.total_seconds()
         status.last_good_size, status.last_good_verified = last.size_bytes, last.verify_status
     status.trend = [SizePoint(b.created_at, int(b.manifest["database_size_bytes"]))

@@ -154,8 +154,8 @@ def test_a_backup_landing_during_the_switchs_check_leaves_no_stale_alert_open(ma
     read, release = threading.Event(), threading.Event()
     real_latest_good = services.catalog.latest_good
 
-    def latest_good(target: str) -> Any:
-        found = real_latest_good(target)
+    def latest_good(target: str, now: datetime | None = None) -> Any:
+        found = real_latest_good(target, now)
         if threading.current_thread().name == "deadman" and not read.is_set():
             read.set()
             assert release.wait(10)
@@ -196,3 +196,26 @@ def test_resolving_only_a_given_alert_about_a_given_backup(tmp_path):
     kept = add_backup_row(catalog, "prod", T0 + timedelta(hours=1))
     catalog.mark_deleted(kept)
     assert catalog.was_deleted(kept) and not catalog.was_deleted("prod-never-existed")
+
+
+def test_a_backup_stamped_in_the_future_does_not_silence_the_switch(make_settings):
+    # GIVEN the last real backup at T0, and one from a host whose clock runs 5 days ahead
+    services, monitor, events = monitor_for(make_settings, MAX_BACKUP_AGE="26h", STALE_ALERT_REPEAT="6h")
+    real = add_backup_row(services.catalog, "prod", T0)
+    add_backup_row(services.catalog, "prod", T0 + timedelta(days=5, hours=8))
+    now = T0 + timedelta(hours=27)
+    # WHEN the switch checks, 27 hours after the last real backup
+    monitor.check_stale(now)
+    # THEN it alerts about the real one; the future stamp is no 'good backup'
+    assert "stale.alert" in events.names()
+    assert services.catalog.latest_good("prod", now).id == real  # type: ignore[union-attr]
+    # AND a stamp a few minutes ahead (ordinary clock skew) still counts, with an age of zero
+    from bot.core.status import gather_status
+
+    near = add_backup_row(services.catalog, "prod", now + timedelta(minutes=2))
+    assert services.catalog.latest_good("prod", now).id == near  # type: ignore[union-attr]
+    events.clear()
+    monitor.check_stale(now)
+    assert events.names() == ["stale.resolved"]
+    report = gather_status(services, now=now, check_database=False)
+    assert report.targets[0].last_good_id == near and report.targets[0].age_s == 0
