@@ -11,12 +11,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot import cli_schedules
 from bot.config import Settings, load_settings
 from bot.core.redact import install_log_redaction, redact
-from bot.errors import BackupbotError, Terminated
+from bot.errors import BackupbotError, ConfigError, Terminated
 from bot.render.common import human_bytes
 
 log = logging.getLogger("backupbot")
@@ -84,10 +85,13 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no backups yet: run `backupbot backup` to make the first one")
         return 0
     tz = settings.tz
-    print(f"{'ID':<34} {'CREATED (' + settings.timezone + ')':<22} {'SIZE':>10}  {'VERIFIED':<10} COPIES")
+    # The zone's abbreviation on every line: in the hour repeated when clocks go back, 02:30 CEST
+    # and 02:30 CET are different backups.
+    print(f"{'ID':<34} {'CREATED (' + settings.timezone + ')':<26} {'SIZE':>10}  {'VERIFIED':<10} COPIES")
     for b in backups:
         copies = ",".join(f"{c.destination}:{c.status}" for c in b.copies)
-        print(f"{b.id:<34} {b.created_at.astimezone(tz):%Y-%m-%d %H:%M:%S}    {human_bytes(b.size_bytes):>10}  "
+        created = f"{b.created_at.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+        print(f"{b.id:<34} {created:<26} {human_bytes(b.size_bytes):>10}  "
               f"{b.verify_status:<10} {copies}")
     return 0
 
@@ -240,7 +244,8 @@ def _terminated(_signum: int, _frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backupbot", description="Back up, verify and restore PostgreSQL.")
-    p.add_argument("--env-file", default=".env", help="optional .env file (default: ./.env)")
+    p.add_argument("--env-file", default=None,
+                   help="settings file (default: ./.env, when it exists; a file named here must exist)")
     p.add_argument("--actor", default=None, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -318,7 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)  # `run` installs its own (a clean shutdown)
     settings: Settings | None = None
     try:
-        settings = None if args.command in NEEDS_NO_SETTINGS else load_settings(env_file=args.env_file)
+        if args.env_file is not None and not Path(args.env_file).is_file():
+            # A mistyped name must not quietly run on whatever the environment holds.
+            raise ConfigError(f"--env-file {args.env_file} is not a file", "--env-file")
+        settings = None if args.command in NEEDS_NO_SETTINGS else load_settings(env_file=args.env_file or ".env")
         return handler(args, settings)
     except BackupbotError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -39,7 +39,7 @@ def summary(event: dict[str, Any]) -> str:
 def audit_line(event: dict[str, Any], tz: ZoneInfo, *, slack: bool = False) -> str:
     """One event as one line; for Slack, user ids become mentions and the rest is escaped."""
     esc = escape if slack else str
-    when = local_time(parse_iso(event.get("at")), tz, "%Y-%m-%d %H:%M:%S")
+    when = local_time(parse_iso(event.get("at")), tz, "%Y-%m-%d %H:%M:%S %Z")
     actor = str(event.get("actor") or "?")
     who = mention(actor) if slack and _SLACK_USER.match(actor) else esc(actor)
     where = " ".join(x for x in (event.get("target"), event.get("backup_id")) if x)

@@ -27,6 +27,7 @@ from bot.core.postrestore import run_post_restore
 from bot.render import restore as render
 from bot.render.common import to_text
 from tests.fakes.slack_api import validate_blocks, validate_view
+from tests.fixtures.cli import empty_env_file
 
 T0 = datetime(2024, 5, 6, 12, 0, tzinfo=UTC)
 TTL = timedelta(minutes=30)
@@ -301,9 +302,57 @@ def test_cli_lists_pending_requests_and_recent_audit_events(tmp_path, monkeypatc
     for key, value in {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db", "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
                        "BACKUP_DIR": str(tmp_path / "b")}.items():
         monkeypatch.setenv(key, value)
-    assert main(["--env-file", "/nonexistent", "restore-requests"]) == 0
+    empty = empty_env_file(tmp_path)
+    assert main(["--env-file", empty, "restore-requests"]) == 0
     out = capsys.readouterr().out
     assert f"#{pending.id} pending" in out and f"#{done.id}" not in out
-    assert main(["--env-file", "/nonexistent", "audit", "5"]) == 0
+    assert main(["--env-file", empty, "audit", "5"]) == 0
     out = capsys.readouterr().out
     assert "UALICE (slack) restore_request.created prod prod-1 — request_id=1, mode=into" in out
+
+
+def test_cli_refuses_an_env_file_that_is_not_there(tmp_path, monkeypatch, capsys):
+    from bot.cli import main
+
+    # GIVEN a usable environment, and a mistyped --env-file
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@127.0.0.1:1/db")
+    monkeypatch.setenv("BACKUPBOT_DB", str(tmp_path / "catalog.db"))
+    # WHEN a command runs with it THEN one line names the file and nothing runs on the environment alone
+    assert main(["--env-file", str(tmp_path / "prod.env"), "list"]) == 2
+    err = capsys.readouterr().err
+    assert f"--env-file {tmp_path / 'prod.env'} is not a file" in err
+    assert not (tmp_path / "catalog.db").exists()
+    # AND without --env-file, a missing ./.env is fine (it is optional)
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 0
+
+
+def test_cli_times_carry_their_zone_so_the_repeated_autumn_hour_is_not_ambiguous(tmp_path, monkeypatch, capsys):
+    from bot.cli import main
+    from bot.core.catalog import Copy, iso
+
+    # GIVEN two backups 02:30 Berlin time apiece on 2026-10-25, before and after clocks went back
+    catalog = Catalog(tmp_path / "catalog.db")
+    for backup_id, at in (("prod-a", datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+                          ("prod-b", datetime(2026, 10, 25, 1, 30, tzinfo=UTC))):
+        catalog.add_backup({"id": backup_id, "target": "prod", "status": "complete", "kind": "scheduled",
+                            "created_at": iso(at), "sha256": "0" * 64, "size_bytes": 1234,
+                            "object_key": f"prod/{backup_id}.dump.zst", "verify_status": "ok"},
+                           [Copy("local", f"/b/{backup_id}", "stored", 1234)])
+        catalog.audit("backup.done", actor="cron", source="cli", target="prod", backup_id=backup_id)
+    # The audit events are stamped now; make them the two instants too.
+    catalog.db.execute("UPDATE audit SET at = ? WHERE backup_id = 'prod-a'", [iso(datetime(2026, 10, 25, 0, 30, tzinfo=UTC))])
+    catalog.db.execute("UPDATE audit SET at = ? WHERE backup_id = 'prod-b'", [iso(datetime(2026, 10, 25, 1, 30, tzinfo=UTC))])
+    catalog.db.conn.commit()
+    for key, value in {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db", "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
+                       "BACKUP_DIR": str(tmp_path / "b"), "BACKUP_TIMEZONE": "Europe/Berlin"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    # WHEN listing them and reading the audit log
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["audit", "5"]) == 0
+    audited = capsys.readouterr().out
+    # THEN each time says which 02:30 it was
+    for out in (listed, audited):
+        assert "2026-10-25 02:30:00 CEST" in out and "2026-10-25 02:30:00 CET" in out, out

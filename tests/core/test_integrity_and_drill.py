@@ -15,6 +15,7 @@ from bot.core.monitoring import Alarms
 from bot.core.pgtools import ConnInfo
 from bot.core.schedule_settings import ScheduleSettings
 from tests.fakes.poster import RecordingPoster
+from tests.fixtures.cli import empty_env_file
 from tests.fixtures.pg import query
 
 
@@ -104,7 +105,7 @@ def test_backupbot_drill_cli_prints_the_rto(crm_db, make_services, monkeypatch, 
     for key, value in {"DATABASE_URL": crm_db, "BACKUP_DIR": str(tmp_path / "backups"),
                        "BACKUPBOT_DB": str(tmp_path / "catalog.db"), "BACKUP_TARGET": "prod"}.items():
         monkeypatch.setenv(key, value)
-    code = main(["--env-file", str(tmp_path / "none.env"), "drill", "--target", "prod"])
+    code = main(["--env-file", empty_env_file(tmp_path), "drill", "--target", "prod"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "(RTO)" in out and "dropped" in out

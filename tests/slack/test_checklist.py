@@ -15,6 +15,7 @@ from bot.core.checklist import ChecklistStore
 from bot.core.jobs import Runtime
 from bot.core.schedule_settings import ScheduleSettings
 from bot.render.common import to_text
+from tests.fixtures.cli import empty_env_file
 from tests.fixtures.slack import BOT_TOKEN, CHANNEL, SlackHarness
 from tests.slack.support import until, wait_for_message
 
@@ -262,11 +263,11 @@ def test_cli_posts_a_checklist_and_prints_the_history(slack_app, fake_slack, crm
            "SLACK_API_URL": fake_slack.url, "BACKUP_TIMEZONE": "Europe/Berlin"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert main(["--env-file", str(tmp_path / "none.env"), "checklist", "post", "monthly"]) == 0
+    assert main(["--env-file", empty_env_file(tmp_path), "checklist", "post", "monthly"]) == 0
     assert "posted checklist #1 (monthly, 3 items)" in capsys.readouterr().out
     (posted,) = fake_slack.messages(CHANNEL)
     assert "monthly" in posted["text"] and "Perform test restore" in to_text(posted["blocks"])
-    assert main(["--env-file", str(tmp_path / "none.env"), "checklist", "history"]) == 0
+    assert main(["--env-file", empty_env_file(tmp_path), "checklist", "history"]) == 0
     out = capsys.readouterr().out
     assert "monthly: 0/3 done" in out and "☐  Audit backup access logs" in out
 
