@@ -22,6 +22,7 @@ from bot.config import Settings, Target
 from bot.core import retention
 from bot.core.catalog import Backup, Catalog, parse_iso, utcnow
 from bot.core.dump import BackupOutcome, run_backup
+from bot.core.heartbeat import heartbeat_url, ping_heartbeat
 from bot.core.pgtools import ConnInfo
 from bot.core.redact import redact
 from bot.core.rescan import RESCANNED_TAG, RescanResult, rescan
@@ -74,6 +75,7 @@ class Services:
         self.catalog = catalog or Catalog(settings.catalog_path)
         self.storages: list[Storage] = list(storages) if storages is not None else build_storages(settings)
         self.clock = clock
+        self.heartbeat_url = heartbeat_url(settings.extra)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Listeners (alerts, Slack) subscribe to outcomes without the core knowing about them.
@@ -134,7 +136,12 @@ class Services:
                tags: Sequence[str] = (), progress: Callable[[int, float], None] | None = None) -> BackupOutcome:
         t = self.settings.target(target)
         with self.target_lock(t.name):
-            return self._backup_locked(t, actor=actor, source=source, kind=kind, tags=tags, progress=progress)
+            outcome = self._backup_locked(t, actor=actor, source=source, kind=kind, tags=tags, progress=progress)
+        # Every completed backup, whoever took it (the schedule, cron running `backupbot backup`,
+        # /backup now); a safety backup before a restore is part of the restore, not a ping.
+        if self.heartbeat_url:
+            ping_heartbeat(self.heartbeat_url)
+        return outcome
 
     def _backup_locked(self, t: Target, *, actor: str, source: str, kind: str, tags: Sequence[str] = (),
                        progress: Callable[[int, float], None] | None = None) -> BackupOutcome:

@@ -9,8 +9,6 @@ tests), so nothing here imports Slack.
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +21,6 @@ from bot.core.drill import DrillResult, run_drill
 from bot.core.dump import BackupOutcome
 from bot.core.integrity import IntegrityReport, alert_on, check_integrity
 from bot.core.monitoring import Alarms, Monitor
-from bot.core.redact import redact
 from bot.core.schedule_settings import ScheduleSettings
 from bot.core.supabase_api import PlatformStatus, SupabaseClient, check_platform_backups
 from bot.errors import BackupbotError, Refused
@@ -34,7 +31,6 @@ from bot.services import BackupBusy, PruneResult, Services
 log = logging.getLogger(__name__)
 ACTOR = "backupbot"
 SOURCE = "schedule"
-HEARTBEAT_TIMEOUT_S = 10.0
 
 
 class Poster(Protocol):
@@ -114,9 +110,7 @@ def _backup_then_report(rt: Runtime, target: str, *, catch_up: bool) -> BackupOu
         pruned = services.prune(dry_run=False, actor=ACTOR, source=SOURCE, target=target)
     except BackupbotError as exc:
         log.warning("retention after the backup of %s failed: %s", target, exc.message)
-    post_backup_result(rt, outcome, pruned, catch_up=catch_up)
-    if rt.sched.heartbeat_url:
-        ping_heartbeat(rt.sched.heartbeat_url)
+    post_backup_result(rt, outcome, pruned, catch_up=catch_up)  # services.backup pinged HEARTBEAT_URL
     rt.monitor.check_stale(rt.now(), [target])
     return outcome
 
@@ -135,19 +129,6 @@ def post_backup_result(rt: Runtime, outcome: BackupOutcome, pruned: list[PruneRe
         msg["blocks"].append(context(" ".join(notes)))
         msg["text"] += " " + " ".join(notes)
     rt.poster.post(msg["text"], msg["blocks"])
-
-
-def ping_heartbeat(url: str, timeout: float = HEARTBEAT_TIMEOUT_S) -> bool:
-    """GET the heartbeat URL (healthchecks.io style). A failure is logged, never raised: the
-    monitor outside will notice the missing ping, which is the point."""
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "backupbot"})
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http(s) checked at config)
-            resp.read(1024)
-        return True
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        log.warning("heartbeat ping failed: %s", redact(getattr(exc, "reason", exc)))
-        return False
 
 
 def missed_backup(rt: Runtime, target: str, now: datetime) -> datetime | None:

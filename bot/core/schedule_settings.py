@@ -21,6 +21,7 @@ from bot.config import Settings, parse_duration
 from bot.core import checklist
 from bot.core.checklist import Item
 from bot.core.cron import CrontabTrigger, cron_trigger
+from bot.core.heartbeat import check_http_url, heartbeat_url
 from bot.core.redact import register_secret
 from bot.errors import ConfigError
 
@@ -134,14 +135,11 @@ class ScheduleSettings:
                 raise ConfigError(f"{ref!r} is not a project ref (the id in db.<ref>.supabase.co)",
                                   "SUPABASE_PROJECT_REF")
             api_url = get("SUPABASE_API_URL") or SUPABASE_API_DEFAULT
-            _check_http_url(api_url, "SUPABASE_API_URL")
+            check_http_url(api_url, "SUPABASE_API_URL")
             supabase = SupabaseApi(ref, token, api_url.rstrip("/"))
 
         overrides = checklist.parse_items(file_data, str(path)) if path else {}
-        heartbeat = get("HEARTBEAT_URL")
-        if heartbeat:
-            _check_http_url(heartbeat, "HEARTBEAT_URL")
-            register_secret(heartbeat)  # a ping URL is a credential: anyone holding it can fake pings
+        heartbeat = heartbeat_url(env)
 
         return cls(
             timezone=timezone,
@@ -245,8 +243,3 @@ def _optional_cron(raw: str | None, default: str, where: str, timezone: str) -> 
     if raw is not None and raw.lower() in OFF:
         return None
     return _cron(raw or default, where, timezone)
-
-
-def _check_http_url(url: str, where: str) -> None:
-    if not re.match(r"^https?://[^\s/]+", url):
-        raise ConfigError("must be an http:// or https:// URL", where)

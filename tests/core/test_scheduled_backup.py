@@ -14,9 +14,11 @@ import pytest
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 
 from bot.core.catalog import iso, utcnow
-from bot.core.jobs import Runtime, catch_up, missed_backup, ping_heartbeat, scheduled_backup
+from bot.core.heartbeat import ping_heartbeat
+from bot.core.jobs import Runtime, catch_up, missed_backup, scheduled_backup
 from bot.core.schedule_settings import ScheduleSettings
 from bot.core.scheduler import job_listener
+from bot.errors import BackupbotError
 from bot.services import BackupBusy
 from tests.fakes.poster import RecordingPoster
 
@@ -182,3 +184,30 @@ def test_busy_message_shows_the_start_in_the_configured_zone():
     busy = BackupBusy("prod", run, ZoneInfo("Europe/Berlin"))
     assert "started 2026-11-29 21:15 CET by cron via scheduler" in busy.message
     assert "started 2026-11-29 20:15 UTC" in BackupBusy("prod", run).message
+
+
+def test_every_completed_backup_pings_the_heartbeat_not_only_scheduled_ones(crm_db, make_services, heartbeat,
+                                                                           monkeypatch, tmp_path, capsys):
+    from bot.cli import main
+    from tests.fixtures.cli import empty_env_file
+
+    url, pings = heartbeat
+    # GIVEN cron running `backupbot backup` (no bot process at all) with HEARTBEAT_URL set
+    for key, value in {"DATABASE_URL": crm_db, "BACKUP_DIR": str(tmp_path / "b"),
+                       "BACKUPBOT_DB": str(tmp_path / "c.db"), "HEARTBEAT_URL": url}.items():
+        monkeypatch.setenv(key, value)
+    # WHEN it completes a backup THEN the outside monitor hears of it
+    assert main(["--env-file", empty_env_file(tmp_path), "backup"]) == 0
+    assert pings == ["/ping/0f1e2d3c"]
+    assert url not in capsys.readouterr().out  # the ping URL is a secret
+    # AND a backup that fails, or a restore's safety backup, is no ping
+    broken = make_services(crm_db.rsplit("/", 1)[0] + "/no_such_db", HEARTBEAT_URL=url)
+    with pytest.raises(BackupbotError):
+        broken.backup(actor="t", source="cli")
+    services = make_services(crm_db, HEARTBEAT_URL=url)
+    backup = services.backup(actor="t", source="cli").backup
+    assert len(pings) == 2
+    from bot.core.restore import RestoreRequest
+
+    _outcome, safety = services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
+    assert safety is not None and len(pings) == 2
