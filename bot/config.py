@@ -278,6 +278,12 @@ def load_settings(
         if profile not in ("auto", "supabase", "plain"):
             raise ConfigError(f"must be auto, supabase or plain, got {profile!r}", "BACKUP_PROFILE")
         excl = r.str("EXCLUDE_SCHEMAS")
+        if config_file and name not in targets:
+            # Likely a copied .env.example beside a targets file: an extra target would be backed
+            # up (and alerted about) every night. Say so instead of guessing.
+            raise ConfigError(f"DATABASE_URL would add a target {name!r} next to those in BACKUPBOT_CONFIG "
+                              f"({', '.join(targets)}): describe it in that file (database_url_env = "
+                              "\"DATABASE_URL\"), or unset DATABASE_URL", "DATABASE_URL")
         targets.setdefault(
             name,
             Target(

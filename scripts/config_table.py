@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 VAR = re.compile(r"^#?([A-Z][A-Z0-9_]+)=(.*)$")
+DEFAULT_MARK = "# default"
 
 
 def table(text: str) -> str:
@@ -31,7 +32,11 @@ def table(text: str) -> str:
             title = line.strip("# -").split("(")[0].strip()
             out.append(f"| **{title}** | | |")
         elif m := VAR.match(line):
-            default = m.group(2) if not line.startswith("#") else ""
+            # A commented-out line is an example, not a default, unless it says "# default": a
+            # default that must stay commented out (it would override a file, or is rarely set).
+            value = m.group(2)
+            default = (value if not line.startswith("#")
+                       else value.removesuffix(DEFAULT_MARK).strip() if value.endswith(DEFAULT_MARK) else "")
             if m.group(1) == "DATABASE_URL":
                 default = "(required)"
             pending.append((m.group(1), default))

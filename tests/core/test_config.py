@@ -53,6 +53,21 @@ def test_named_targets_from_a_toml_file_read_urls_from_the_environment(tmp_path)
         load_settings({"BACKUPBOT_CONFIG": str(cfg)}, env_file=None)
 
 
+def test_database_url_beside_a_targets_file_is_refused_rather_than_adding_a_target(tmp_path):
+    # GIVEN a targets file, and DATABASE_URL / BACKUP_TARGET from a copied .env.example
+    cfg = tmp_path / "backupbot.toml"
+    cfg.write_text('[targets.prod]\ndatabase_url_env = "PROD_URL"\n[targets.staging]\n'
+                   'database_url = "postgresql://s@staging/crm"\n')
+    env = {"BACKUPBOT_CONFIG": str(cfg), "PROD_URL": URL, "DATABASE_URL": "postgresql://postgres:change-me@localhost/x"}
+    # WHEN the settings load THEN one line says what would happen and what to do
+    with pytest.raises(ConfigError) as err:
+        load_settings({**env, "BACKUP_TARGET": "default"}, env_file=None)
+    assert "DATABASE_URL would add a target 'default' next to those in BACKUPBOT_CONFIG (prod, staging)" in \
+        err.value.message and "change-me" not in err.value.message
+    # AND naming one of the file's targets is no extra target: the file describes it
+    assert sorted(load_settings({**env, "BACKUP_TARGET": "prod"}, env_file=None).targets) == ["prod", "staging"]
+
+
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text('# comment\nexport DATABASE_URL="postgresql://a@h/db"\nRETENTION_DAILY=9  # nine\nBACKUP_DIR=/x\n')
