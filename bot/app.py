@@ -33,6 +33,18 @@ FAILED_LOOKUP_SECONDS = 30  # a failed lookup refuses for this long before Slack
 SEEN_TTL_SECONDS = 600
 
 
+class _TokenUnused(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+_TOKEN_FILTER = _TokenUnused()
+
+
+def _quiet_bolt_token_warning() -> None:
+    logging.getLogger("slack_bolt.App").addFilter(_TOKEN_FILTER)  # adding it again is a no-op
+
+
 def make_client(settings: Settings) -> WebClient:
     """A WebClient that retries rate limits (honouring Retry-After), 5xx and connection errors."""
     return WebClient(
@@ -199,8 +211,10 @@ def create_app(settings: Settings, services: Services, *, client: WebClient | No
                token_verification: bool = True) -> tuple[App, AppContext]:
     """Build the Bolt app and register every listener module."""
     client = client or make_client(settings)
+    # The bot token comes with the client; Bolt also reads SLACK_BOT_TOKEN from the environment
+    # and then warns, on every start, that it is unused: noise an operator would chase.
+    _quiet_bolt_token_warning()
     app = App(
-        token=settings.slack.bot_token,
         signing_secret=settings.slack.signing_secret or "unused-in-socket-mode",
         client=client,
         token_verification_enabled=token_verification,

@@ -12,6 +12,7 @@ from typing import Any
 from bot.app import AppContext, check_slack, create_app, make_client, validate_slack_settings
 from bot.config import Settings, parse_duration
 from bot.core.catalog import iso, utcnow
+from bot.errors import BackupbotError
 from bot.services import build_services
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
         for kind in ("restore", "drill", "verify", "integrity", "prune"):
             services.catalog.mark_abandoned_runs(kind=kind, source=source)
     app, ctx = create_app(settings, services, client=client)
+    server = None
+    if use_http:  # bound before anything starts: a port in use is one line, with nothing to undo
+        from bot.server import make_server
+
+        try:
+            server = make_server(app, lambda: health(ctx), host, port)
+        except OSError as exc:
+            ctx.jobs.shutdown(wait=False, cancel_futures=True)
+            raise BackupbotError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another process "
+                                 "using that port? Choose another with --port") from None
     stops = start_hooks(ctx)
     stopped = threading.Event()
 
@@ -73,10 +84,7 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     try:
-        if use_http:
-            from bot.server import make_server
-
-            server = make_server(app, lambda: health(ctx), host, port)
+        if server is not None:
             thread = threading.Thread(target=server.serve_forever, daemon=True)
             thread.start()
             print(f"backupbot: HTTP mode on {host}:{server.server_address[1]} (POST /slack/events, GET /healthz)",

@@ -88,3 +88,28 @@ def test_run_says_in_one_line_when_slack_is_unreachable_or_refuses_the_token(fak
     assert "SLACK_BOT_TOKEN" in refused.stderr and "not-a-known-token" not in refused.stderr
     # AND neither touched the catalog
     assert not (tmp_path / "catalog.db").exists()
+
+
+def test_run_on_a_port_in_use_says_so_in_one_line_before_starting_anything(fake_slack, crm_db, tmp_path):
+    import socket
+
+    # GIVEN another process listening on the port
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod",
+           "BACKUP_DIR": str(tmp_path / "backups"), "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
+           "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_CHANNEL": CHANNEL,
+           "SLACK_API_URL": fake_slack.url, "BACKUP_SCHEDULE": "* * * * *"}
+    env.pop("SLACK_APP_TOKEN", None)
+    try:
+        # WHEN the bot is started there
+        done = subprocess.run([sys.executable, "-m", "bot", "run", "--http", "--port", str(port), "--host",
+                               "127.0.0.1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    # THEN one line names the port and what to do, no traceback, and no schedule ever ran
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr and "--port" in done.stderr
+    assert fake_slack.calls("chat.postMessage") == []
