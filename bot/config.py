@@ -38,6 +38,7 @@ class Target:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
+    hourly: int = 24  # a window: the newest backup of each hour within the last N hours
     daily: int = 7
     weekly: int = 4
     monthly: int = 3
@@ -364,6 +365,7 @@ def load_settings(
         catalog_path=r.path("BACKUPBOT_DB", "./backupbot.db"),
         s3=s3,
         retention=RetentionPolicy(
+            hourly=r.int("RETENTION_HOURLY", 24),
             daily=r.int("RETENTION_DAILY", 7),
             weekly=r.int("RETENTION_WEEKLY", 4),
             monthly=r.int("RETENTION_MONTHLY", 3),

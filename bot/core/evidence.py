@@ -101,7 +101,8 @@ class Evidence:
     def _retention(self) -> str:
         r = self.services.settings.retention
         count = len(self.services.catalog.list())
-        return f"keeps {r.daily} daily / {r.weekly} weekly / {r.monthly} monthly; {count} stored now"
+        hourly = f"each hour of the last {r.hourly}h / " if r.hourly else ""
+        return f"keeps {hourly}{r.daily} daily / {r.weekly} weekly / {r.monthly} monthly; {count} stored now"
 
     def _storage(self) -> str:
         free, total = disk_usage(Path(self.services.settings.backup_dir))

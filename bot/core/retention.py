@@ -12,6 +12,10 @@ deterministic whatever the input order):
 * Buckets are days, ISO weeks and months *in the configured time zone* — the calendar the user
   sees — so a backup at 00:30 Berlin time belongs to that Berlin day even though it is still the
   previous day in UTC, and DST changes do not shift bucket edges.
+* Within the last ``policy.hourly`` hours, the newest backup of each hour is kept (reason
+  ``"hourly 2026-11-30 10:00 CET"``): a time window, not a count of hours that have backups, so a
+  sub-daily schedule (every 15 minutes) keeps a day of intraday restore points while a nightly
+  one is unaffected. The hour carries its zone, so the hour repeated when clocks go back is two.
 * For each of the newest ``policy.daily`` distinct days that have backups, the newest backup of
   that day is kept (reason ``"daily 2026-11-29"``); likewise ``policy.weekly`` ISO weeks
   (``"weekly 2026-W48"``, using the ISO year, so 2027-01-03 is ``2026-W53``) and
@@ -43,7 +47,7 @@ PRE_RESTORE_TAG = "pre-restore"
 PRE_RESTORE_GRACE = timedelta(days=7)
 
 # Reasons are listed in this order whatever order the rules fired in, so output is stable.
-_REASON_ORDER = ("newest", "future", "daily", "weekly", "monthly", "pre-restore", "min-verified")
+_REASON_ORDER = ("newest", "future", "hourly", "daily", "weekly", "monthly", "pre-restore", "min-verified")
 # "newest on <destination>" ranks with "newest".
 
 
@@ -65,6 +69,11 @@ class Decision:
 
     keep: dict[str, list[str]] = field(default_factory=dict)
     delete: list[str] = field(default_factory=list)
+
+
+def hour_label(when: datetime, tz: ZoneInfo) -> str:
+    local = when.astimezone(tz)
+    return f"{local:%Y-%m-%d %H}:00 {local:%Z}"
 
 
 def day_key(local: date) -> str:
@@ -91,7 +100,7 @@ def _check(candidates: Sequence[Candidate], policy: RetentionPolicy, now: dateti
         if c.id in seen:
             raise ValueError(f"backup {c.id} appears twice")
         seen.add(c.id)
-    for name in ("daily", "weekly", "monthly", "min_verified"):
+    for name in ("hourly", "daily", "weekly", "monthly", "min_verified"):
         if getattr(policy, name) < 0:
             raise ValueError(f"retention {name} must not be negative")
 
@@ -133,6 +142,15 @@ def select(
         last = next(c for c in past if destination in c.destinations)
         if last is not past[0]:
             keep(last, f"newest on {destination}")
+    if policy.hourly:
+        hours: set[str] = set()
+        for c in past:  # newest first: the first of each hour is its newest
+            if now - c.created_at >= timedelta(hours=policy.hourly):
+                break
+            label = hour_label(c.created_at, tz)
+            if label not in hours:
+                hours.add(label)
+                keep(c, f"hourly {label}")
     for prefix, count, key in (
         ("daily", policy.daily, day_key),
         ("weekly", policy.weekly, week_key),

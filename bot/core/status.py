@@ -157,7 +157,7 @@ def gather_status(source: StatusSource, *, next_run: Callable[[], str | None] | 
         generated_at=now,
         targets=targets,
         next_run=_next_run(next_run),
-        retention={"daily": r.daily, "weekly": r.weekly, "monthly": r.monthly, "min_verified": r.min_verified},
+        retention={"hourly": r.hourly, "daily": r.daily, "weekly": r.weekly, "monthly": r.monthly, "min_verified": r.min_verified},
         storage=_storage(source),
         alerts=open_alerts,
         sections=extra,

@@ -218,7 +218,8 @@ def status_facts(report: StatusReport, tz: ZoneInfo) -> list[tuple[str, list[tup
                         for dest, u in report.storage.items()) or "no destination configured"
     groups.append(("Schedule and storage", [
         ("Next scheduled run", local_time(nxt, tz) if nxt else "unknown (schedules run inside `backupbot run`)"),
-        ("Retention", f"{r['daily']} daily · {r['weekly']} weekly · {r['monthly']} monthly · "
+        ("Retention", (f"each hour of the last {r['hourly']}h · " if r.get("hourly") else "")
+                      + f"{r['daily']} daily · {r['weekly']} weekly · {r['monthly']} monthly · "
                       f"never below {r['min_verified']} verified"),
         ("Storage used", storage),
     ]))

@@ -35,9 +35,9 @@ def on(id: str, when: str, *destinations: str) -> Candidate:
 
 
 def policy(
-    daily: int = 0, weekly: int = 0, monthly: int = 0, min_verified: int = 0
+    daily: int = 0, weekly: int = 0, monthly: int = 0, min_verified: int = 0, hourly: int = 0
 ) -> RetentionPolicy:
-    return RetentionPolicy(daily=daily, weekly=weekly, monthly=monthly, min_verified=min_verified)
+    return RetentionPolicy(hourly=hourly, daily=daily, weekly=weekly, monthly=monthly, min_verified=min_verified)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ CASES = [
         RetentionPolicy(),
         "2026-11-30T12:00",
         keep={
-            "d30": ["newest", "daily 2026-11-30", "weekly 2026-W49", "monthly 2026-11"],
+            "d30": ["newest", "hourly 2026-11-30 02:00 UTC", "daily 2026-11-30", "weekly 2026-W49", "monthly 2026-11"],
             "d29": ["daily 2026-11-29", "weekly 2026-W48"],
             "d28": ["daily 2026-11-28"],
             "d27": ["daily 2026-11-27"],
@@ -306,6 +306,35 @@ CASES = [
         "2026-06-10T12:00",
         keep={"skewed": ["future"], "v2": ["newest"], "v1": ["min-verified"]},
         delete=[],
+    ),
+    Case(
+        "every 15 minutes: the newest of each hour of the last N hours is kept, older ones by day",
+        [b(f"q{h:02d}{m:02d}", f"2026-06-10T{h:02d}:{m:02d}") for h in (7, 8, 9, 10) for m in (0, 15, 30, 45)
+         if (h, m) <= (10, 30)],
+        policy(hourly=3, daily=1),
+        "2026-06-10T10:40",
+        keep={"q1030": ["newest", "hourly 2026-06-10 10:00 UTC", "daily 2026-06-10"],
+              "q0945": ["hourly 2026-06-10 09:00 UTC"], "q0845": ["hourly 2026-06-10 08:00 UTC"],
+              "q0745": ["hourly 2026-06-10 07:00 UTC"]},  # 07:45 is within the last 3 hours at 10:40
+        delete=["q0700", "q0715", "q0730", "q0800", "q0815", "q0830", "q0900", "q0915", "q0930",
+                "q1000", "q1015"],
+    ),
+    Case(
+        "the hourly window leaves a nightly schedule alone",
+        [b("d1", "2026-06-08T02:00"), b("d2", "2026-06-09T02:00"), b("d3", "2026-06-10T02:00")],
+        policy(hourly=24, daily=1),
+        "2026-06-10T12:00",
+        keep={"d3": ["newest", "hourly 2026-06-10 02:00 UTC", "daily 2026-06-10"]},
+        delete=["d1", "d2"],
+    ),
+    Case(
+        "the hour repeated when clocks go back is two hours",
+        [b("cest", "2026-10-25T00:40"), b("cet", "2026-10-25T01:40")],  # 02:40 CEST, then 02:40 CET
+        policy(hourly=6),
+        "2026-10-25T02:00",
+        keep={"cet": ["newest", "hourly 2026-10-25 02:00 CET"], "cest": ["hourly 2026-10-25 02:00 CEST"]},
+        delete=[],
+        tz=BERLIN,
     ),
     Case(
         "backups at the same instant are ordered by id",

@@ -72,7 +72,7 @@ def test_status_shows_last_backup_schedule_retention_storage_size_trend_and_aler
     assert shown["response_type"] == "ephemeral"
     assert f"`{last.id}`" in text and "ago" in text
     assert "*Next scheduled run*: 2030-01-01 02:00 CET" in text
-    assert "5 daily · 4 weekly · 3 monthly" in text
+    assert "each hour of the last 24h · 5 daily · 4 weekly · 3 monthly" in text
     assert f"{h.ctx.settings.backup_dir}: " in text and " used, " in text and " free" in text
     assert "*Database size now*: " in text and "unavailable" not in text
     assert "over" in text and "(2 backups)" in text  # the trend from the manifests
