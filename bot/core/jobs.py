@@ -135,11 +135,15 @@ def missed_backup(rt: Runtime, target: str, now: datetime) -> datetime | None:
     """The scheduled time of a backup that should have run but, by the catalog, did not: the
     cron's last fire time before now, if no backup run of the target started since then. A fresh
     catalog (created after that time) has missed nothing."""
-    services = rt.services
-    prev = previous_fire_time(cron_trigger(services.settings.targets[target].schedule, rt.sched.tz), now)
+    runs = rt.services.catalog.runs(kind="backup", target=target, limit=20)
+    return _missed_slot(rt, rt.services.settings.targets[target].schedule, runs, now)
+
+
+def _missed_slot(rt: Runtime, expr: str, runs: list[dict[str, Any]], now: datetime) -> datetime | None:
+    """The cron's last fire time before now, if none of ``runs`` (newest first) started since."""
+    prev = previous_fire_time(cron_trigger(expr, rt.sched.tz), now)
     if prev is None:
         return None
-    runs = services.catalog.runs(kind="backup", target=target, limit=20)
     if runs:
         # A run cut short because the bot stopped (marked at start-up) did not do the job.
         done = [r for r in runs if not (r["status"] == "failed" and (r["error"] or "").startswith("interrupted"))]
@@ -174,6 +178,26 @@ def catch_up(rt: Runtime) -> list[str]:
             continue
         done.append(target)
     return done
+
+
+def catch_up_checks(rt: Runtime) -> list[str]:
+    """At start-up, after the backups' catch-up: the weekly integrity check and the monthly
+    restore drill whose last slot passed while the bot was down run once now, announced, instead
+    of slipping silently by a week or a month. Returns the kinds it ran."""
+    ran = []
+    now = rt.now()
+    for kind, expr, what, job in (("integrity", rt.sched.integrity_schedule, "weekly integrity check", integrity_job),
+                                  ("drill", rt.sched.drill_schedule, "restore drill", drill_job)):
+        if expr is None:
+            continue
+        slot = _missed_slot(rt, expr, rt.services.catalog.runs(kind=kind, limit=20), now)
+        if slot is None:
+            continue
+        rt.poster.post(f"⏰ Catch-up: the {what} due {local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not "
+                       "run (backupbot was not running). Running it now.")
+        job(rt)
+        ran.append(kind)
+    return ran
 
 
 # -- checks -----------------------------------------------------------------------------------

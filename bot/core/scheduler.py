@@ -150,9 +150,11 @@ def next_backup_from_config(settings: Settings, now: datetime | None = None) -> 
 
 
 def start_up(rt: Runtime) -> None:
-    """The one-off start-up job: catch up a missed backup and today's checklist."""
+    """The one-off start-up job: catch up a missed backup, today's checklist, and a missed
+    integrity check or restore drill."""
     jobs.catch_up(rt)
     checklist_jobs.catch_up_checklist(rt)
+    jobs.catch_up_checks(rt)
 
 
 def _recovery_listener(rt: Runtime) -> Callable[[str, dict[str, Any]], None]:

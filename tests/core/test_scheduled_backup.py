@@ -211,3 +211,33 @@ def test_every_completed_backup_pings_the_heartbeat_not_only_scheduled_ones(crm_
 
     _outcome, safety = services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
     assert safety is not None and len(pings) == 2
+
+
+def test_an_integrity_check_or_drill_missed_while_down_runs_once_at_start_up(crm_db, make_services):
+    from bot.core.jobs import catch_up_checks
+
+    # GIVEN a bot installed weeks ago, with one backup, whose weekly integrity check and monthly
+    # drill slots passed while it was down (their last runs are older than the slots)
+    rt, poster = runtime(make_services, crm_db, INTEGRITY_SCHEDULE="0 4 * * 0", DRILL_SCHEDULE="0 5 1 * *")
+    rt.services.backup(actor="t", source="cli")
+    long_ago = iso(utcnow() - timedelta(days=40))
+    with rt.services.catalog.tx() as db:
+        db.execute("UPDATE schema_migrations SET applied_at = ?", [long_ago])
+    for kind in ("integrity", "drill"):
+        run_id = rt.services.catalog.start_run(kind, None, "backupbot", "schedule")
+        rt.services.catalog.finish_run(run_id, "ok")
+        with rt.services.catalog.tx() as db:
+            db.execute("UPDATE runs SET started_at = ? WHERE id = ?", [long_ago, run_id])
+    # WHEN the bot starts
+    assert catch_up_checks(rt) == ["integrity", "drill"]
+    # THEN each is announced and runs once: the check verified the backup, the drill restored it
+    texts = poster.texts()
+    assert any("Catch-up: the weekly integrity check due" in t and "Running it now" in t for t in texts), texts
+    assert any("Catch-up: the restore drill due" in t for t in texts), texts
+    assert rt.services.catalog.runs(kind="integrity")[0]["status"] == "ok"
+    assert rt.services.catalog.runs(kind="drill")[0]["status"] == "ok"
+    # AND starting again runs neither
+    assert catch_up_checks(rt) == []
+    # AND with the checks switched off, nothing is caught up either
+    off, _ = runtime(make_services, crm_db, INTEGRITY_SCHEDULE="off", DRILL_SCHEDULE="off")
+    assert catch_up_checks(off) == []
