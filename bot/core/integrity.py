@@ -27,7 +27,7 @@ ALERT_REPEAT = timedelta(days=6)  # a weekly check: repeat an unresolved finding
 class Finding:
     target: str
     backup_id: str
-    kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy)
+    kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy) | "moved" | "unreadable" (not readable right now)
     # | "moved" (recorded where the destination's settings no longer point)
     text: str
 
@@ -98,7 +98,7 @@ def check_integrity(services: Services, *, actor: str = "backupbot", source: str
                     found.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
                 for r in results:
                     if not r.ok:
-                        kind = ("key" if r.key_problem else "moved" if r.moved
+                        kind = ("key" if r.key_problem else "moved" if r.moved else "unreadable" if r.unreachable
                                 else "missing" if "missing" in (r.error or "") else "corrupt")
                         found.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
                 try:
@@ -137,9 +137,13 @@ def alert_on(report: IntegrityReport, alarms: Alarms, *, now: datetime) -> None:
 def _hint(findings: list[Finding]) -> str:
     """What to do, for the worst kind of finding: the copies' own faults first."""
     kinds = {f.kind for f in findings}
-    if kinds - {"key", "moved"}:
+    if kinds - {"key", "moved", "unreadable"}:
         return ("A missing or corrupt copy cannot be restored from: take a fresh backup "
                 "(`/backup now`) and look after the storage behind the failing copy.")
+    if "unreadable" in kinds:
+        return ("Some copies could not be read at all right now (network, credentials, an unmounted "
+                "disk; details below): nothing was recorded against them. Fix the access; the next "
+                "check reads them again.")
     if kinds == {"key"}:
         return ("The copies are intact, but the configured age key cannot open them: check "
                 "AGE_IDENTITY_FILE (the secret key matching ENCRYPTION_RECIPIENTS).")

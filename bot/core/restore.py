@@ -360,7 +360,7 @@ def restore(
                 # must stop counting on it.
                 catalog.set_verify(backup.id, False, exc.message)
             except StorageError as exc:  # unreachable right now (network, permissions): try the next copy
-                errors.append(exc.message)
+                errors.append(moved_from(backup, candidate) or exc.message)  # a changed BACKUP_DIR may not exist
                 unreadable += 1
         if storage is None:
             if unreadable == len(errors):  # nothing was found wrong with a copy: say so

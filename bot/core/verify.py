@@ -27,6 +27,7 @@ class CopyCheck:
     head: bytes = b""  # the archive's first bytes, when asked for (``keep_head``)
     key_problem: bool = False  # not ok because our key cannot open it: nothing said about the copy
     moved: bool = False  # not where the settings now look, but recorded elsewhere: nothing said either
+    unreachable: bool = False  # could not be read now (network, permissions, unmounted): nothing said either
 
 
 def moved_from(backup: Backup, storage: Storage, *, raising: bool = False) -> str | None:
@@ -89,13 +90,14 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
     what = f"the {storage.name} copy of {backup.id}"
     try:
         raw = storage.open_reader(backup.object_key)
-    except NotFound:
-        elsewhere = moved_from(backup, storage)
+    except BackupbotError as exc:
+        elsewhere = moved_from(backup, storage)  # a changed BACKUP_DIR may not exist at all
         if elsewhere:
             return CopyCheck(storage.name, False, elsewhere, moved=True)
-        return CopyCheck(storage.name, False, f"{what} is missing ({storage.describe()})")
-    except BackupbotError as exc:
-        return CopyCheck(storage.name, False, exc.message)
+        if isinstance(exc, NotFound):
+            return CopyCheck(storage.name, False, f"{what} is missing ({storage.describe()})")
+        # Unreadable right now (StorageError): not the copy's fault.
+        return CopyCheck(storage.name, False, exc.message, unreachable=True)
     reader = HashingReader(raw, backup.sha256, what)
     lister = Command("pg_restore", bindir).popen(["--list"], None, stdin=subprocess.PIPE)
     sink = ProcessSink(lister.proc.stdin, keep_head)  # type: ignore[arg-type]
@@ -130,10 +132,10 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         return CopyCheck(storage.name, False, exc.message)
     except BackupbotError as exc:  # unreadable (StorageError) mid-way
         lister.kill()
-        return CopyCheck(storage.name, False, exc.message)
+        return CopyCheck(storage.name, False, exc.message, unreachable=True)
     except (OSError, subprocess.TimeoutExpired) as exc:
         lister.kill()
-        return CopyCheck(storage.name, False, f"{what} could not be read to the end: {exc}")
+        return CopyCheck(storage.name, False, f"{what} could not be read to the end: {exc}", unreachable=True)
     except BaseException:
         lister.kill()
         raise
@@ -151,8 +153,10 @@ def verify_copy(backup: Backup, storage: Storage, *, identity_file: Path | None,
         read_roles_dump(backup, storage)
     except NotFound:
         pass  # a backup without a roles dump: nothing to check
-    except BackupbotError as exc:
+    except IntegrityError as exc:
         return CopyCheck(storage.name, False, exc.message)
+    except BackupbotError as exc:  # unreadable right now
+        return CopyCheck(storage.name, False, exc.message, unreachable=True)
     return CopyCheck(storage.name, True, toc_entries=entries, toc=b"".join(out).decode("utf-8", "replace"),
                      head=bytes(sink.head))
 
@@ -174,12 +178,15 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
             continue
         storage = by_name.get(copy.destination)
         if storage is None:
-            results.append(CopyCheck(copy.destination, False, f"destination {copy.destination} is not configured now"))
+            results.append(CopyCheck(copy.destination, False, f"destination {copy.destination} is not configured now",
+                                     unreachable=True))
             continue
         results.append(verify_copy(backup, storage, identity_file=identity_file, bindir=bindir))
-    # A copy our key could not open, though its bytes match their checksum, says nothing about the
+    # A copy our key could not open, though its bytes match their checksum, or one that could not
+    # be read at all right now (network, permissions, an unmounted disk), says nothing about the
     # backup: it is not recorded, and when no copy failed on its own the backup's state stays.
-    judged = [r for r in results if not (r.key_problem or r.moved)]
+    # (Recorded as corrupt or missing, it would stop counting for retention.)
+    judged = [r for r in results if not (r.key_problem or r.moved or r.unreachable)]
     if len(judged) < len(results) and all(r.ok for r in judged):
         return results
     ok = bool(results) and all(r.ok for r in results)

@@ -133,3 +133,42 @@ def test_a_backup_pruned_while_the_integrity_check_runs_is_no_finding(crm_db, ma
     assert order == [newest.id, middle.id, oldest.id], order  # the oldest was gone before its turn
     assert report.findings == [] and report.checked_backups == 1, report.findings
     assert "integrity.alert" not in events
+
+
+def test_copies_unreadable_during_the_check_are_not_condemned_and_prune_keeps_them(crm_db, make_services, tmp_path,
+                                                                                    s3_bucket, monkeypatch):
+    from datetime import timedelta
+
+    from bot.core.catalog import iso, utcnow
+    from bot.errors import StorageError
+
+    # GIVEN three verified backups on local disk and S3, from three past days
+    services = make_services(crm_db, S3_BUCKET=s3_bucket.bucket, S3_ENDPOINT_URL=s3_bucket.endpoint_url or "",
+                             S3_REGION="us-east-1")
+    rt, _poster, events = runtime_for(services)
+    backups = [services.backup(actor="t", source="cli").backup for _ in range(3)]
+    for days, b in zip((3, 2, 1), backups, strict=True):
+        assert all(c.ok for c in services.verify(b.id, actor="t", source="cli"))
+        with services.catalog.tx() as db:
+            db.execute("UPDATE backups SET created_at = ? WHERE id = ?", [iso(utcnow() - timedelta(days=days)), b.id])
+    # WHEN the weekly check runs while the backup disk is unmounted and S3 times out
+    (tmp_path / "backups").rename(tmp_path / "elsewhere")
+    s3 = next(s for s in services.storages if s.name == "s3")
+
+    def timed_out(_key: str):
+        raise StorageError("S3 unreachable: read timed out")
+
+    monkeypatch.setattr(s3, "open_reader", timed_out)
+    report = integrity_job(rt)
+    # THEN every copy is reported unreadable, with what to do, and nothing is recorded against any
+    assert {f.kind for f in report.findings} == {"unreadable"} and len(report.findings) == 6, report.findings
+    assert "is not there (an unmounted disk?)" in report.findings[0].text + report.findings[1].text
+    for b in backups:
+        again = services.get_backup(b.id)
+        assert again.verify_status == "ok" and {c.status for c in again.copies} == {"stored"}
+    # AND once the disk is back, a backup and its prune keep the history the policy asks for
+    (tmp_path / "elsewhere").rename(tmp_path / "backups")
+    monkeypatch.undo()
+    services.backup(actor="t", source="cli")
+    [pruned] = services.prune(dry_run=False, actor="t", source="cli")
+    assert pruned.deleted == [] and {b.id for b in backups} <= set(pruned.decision.keep)
