@@ -141,7 +141,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     code = 0
     for r in services.prune(dry_run=args.dry_run, actor=args.actor, source="cli", target=args.target):
         verb = "would delete" if r.dry_run else "deleted"
-        gone = r.decision.delete if r.dry_run else r.deleted
+        # A dry run's refusals (r.errors) are what the real prune would not delete: not listed as going.
+        gone = [i for i in r.decision.delete if i not in r.errors] if r.dry_run else r.deleted
         print(f"{r.target}: keeping {len(r.decision.keep)}, {verb} {len(gone)}")
         for backup_id in gone:
             print(f"  {verb} {backup_id}")

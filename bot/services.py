@@ -340,7 +340,7 @@ class Services:
             if problem:
                 result.errors[backup_id] = problem
                 continue
-            failures = []
+            failures, gone = [], 0
             for copy in backup.copies:
                 if copy.status in ("failed", "deleted"):
                     continue
@@ -353,8 +353,10 @@ class Services:
                 # Recorded copy by copy: when another destination fails, the catalog still says
                 # which copies are gone and which remain.
                 self.catalog.set_copy_status(backup_id, copy.destination, "deleted")
+                gone += 1
             if failures:
-                result.errors[backup_id] = "; ".join(failures) + " (the other copies were deleted)"
+                result.errors[backup_id] = "; ".join(failures) + (
+                    f" ({gone} other cop{'y was' if gone == 1 else 'ies were'} deleted)" if gone else "; nothing was deleted")
             else:
                 self.catalog.mark_deleted(backup_id)
                 result.deleted.append(backup_id)

@@ -2,9 +2,10 @@
 
 The caller passes only *complete* backups; failed or partial runs never reach this module (they
 are not restore points, so they must neither fill a bucket nor count towards ``min_verified``).
-Nor are complete backups with no intact copy left (every copy found corrupt or missing since,
-``restorable=False``): they fill no bucket and are not "newest", so the good backup of their day,
-week or month is the one kept; they are deleted unless kept as "future" or "pre-restore".
+Complete backups with no intact copy left (every copy found corrupt or missing since,
+``restorable=False``) give way: in each day, week, month or hour the newest *restorable* backup is
+kept, and the broken one only when none of that period is restorable (a copy can be marked
+wrongly, so nothing is deleted for its mark alone, only when a good backup replaces it).
 
 Rules, applied to the candidates sorted newest first (ties broken by id, so the result is
 deterministic whatever the input order):
@@ -20,8 +21,8 @@ deterministic whatever the input order):
   that day is kept (reason ``"daily 2026-11-29"``); likewise ``policy.weekly`` ISO weeks
   (``"weekly 2026-W48"``, using the ISO year, so 2027-01-03 is ``2026-W53``) and
   ``policy.monthly`` months (``"monthly 2026-11"``).
-* The newest restorable backup not in the future is always kept (``"newest"``), even with an
-  all-zero policy; and so is the newest one with an intact copy on each destination
+* The newest restorable backup not in the future (the newest one, when none is restorable) is
+  always kept (``"newest"``), even with an all-zero policy; and so is the newest one with an intact copy on each destination
   (``"newest on s3"``), so that while uploads to one destination keep failing, the buckets
   filling up with backups that lack it never delete its last copy.
 * Backups created after ``now`` (clock skew between hosts) are kept (``"future"``) and stay out of
@@ -36,6 +37,7 @@ deterministic whatever the input order):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -105,19 +107,16 @@ def _check(candidates: Sequence[Candidate], policy: RetentionPolicy, now: dateti
             raise ValueError(f"retention {name} must not be negative")
 
 
-def _buckets(
-    ordered: Sequence[Candidate], count: int, key: Callable[[date], str], tz: ZoneInfo
-) -> dict[str, str]:
-    """id -> bucket label for the newest backup of each of the newest ``count`` buckets."""
+def _buckets(ordered: Sequence[Candidate], count: int, label_of: Callable[[Candidate], str]) -> dict[str, str]:
+    """id -> bucket label for the newest ``count`` buckets that have backups: in each, its newest
+    restorable backup, or its newest backup when none of them is (a copy marked corrupt or missing
+    may be marked wrongly: it is never deleted for that alone, only when a good one replaces it)."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in ordered:  # newest first, so buckets are met newest first too
+        groups.setdefault(label_of(c), []).append(c)
     chosen: dict[str, str] = {}
-    seen: set[str] = set()
-    for c in ordered:  # newest first, so the first hit of a bucket is its newest backup
-        if len(seen) >= count:
-            break
-        label = key(c.created_at.astimezone(tz).date())
-        if label not in seen:
-            seen.add(label)
-            chosen[c.id] = label
+    for label, members in itertools.islice(groups.items(), count):
+        chosen[next((c for c in members if c.restorable), members[0]).id] = label
     return chosen
 
 
@@ -135,36 +134,35 @@ def select(
     for c in newest_first:
         if c.created_at > now:
             keep(c, "future")
-    past = [c for c in newest_first if c.created_at <= now and c.restorable]
+    past = [c for c in newest_first if c.created_at <= now]
+    good = [c for c in past if c.restorable]
     if past:
-        keep(past[0], "newest")
-    for destination in sorted({d for c in past for d in c.destinations}):
-        last = next(c for c in past if destination in c.destinations)
-        if last is not past[0]:
+        keep(good[0] if good else past[0], "newest")
+    for destination in sorted({d for c in good for d in c.destinations}):
+        last = next(c for c in good if destination in c.destinations)
+        if last is not good[0]:
             keep(last, f"newest on {destination}")
     if policy.hourly:
-        hours: set[str] = set()
-        for c in past:  # newest first: the first of each hour is its newest
-            if now - c.created_at >= timedelta(hours=policy.hourly):
-                break
-            label = hour_label(c.created_at, tz)
-            if label not in hours:
-                hours.add(label)
-                keep(c, f"hourly {label}")
+        window = [c for c in past if now - c.created_at < timedelta(hours=policy.hourly)]
+        for cid, label in _buckets(window, len(window), lambda c: hour_label(c.created_at, tz)).items():
+            reasons.setdefault(cid, []).append(f"hourly {label}")
     for prefix, count, key in (
         ("daily", policy.daily, day_key),
         ("weekly", policy.weekly, week_key),
         ("monthly", policy.monthly, month_key),
     ):
-        for cid, label in _buckets(past, count, key, tz).items():
+        def label_of(c: Candidate, key: Callable[[date], str] = key) -> str:
+            return key(c.created_at.astimezone(tz).date())
+
+        for cid, label in _buckets(past, count, label_of).items():
             reasons.setdefault(cid, []).append(f"{prefix} {label}")
     for c in newest_first:
         if PRE_RESTORE_TAG in c.tags and c.created_at <= now and now - c.created_at < PRE_RESTORE_GRACE:
             keep(c, "pre-restore")
 
     # Future backups (a skewed clock) do not count: the real restore points must reach the minimum.
-    verified_kept = sum(1 for c in past if c.verified and c.id in reasons)
-    for c in past:
+    verified_kept = sum(1 for c in good if c.verified and c.id in reasons)
+    for c in good:
         if verified_kept >= policy.min_verified:
             break
         if c.verified and c.id not in reasons:

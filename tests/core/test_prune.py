@@ -113,29 +113,33 @@ def _s3_env(s3_bucket) -> dict[str, str]:
     return {"S3_BUCKET": s3_bucket.bucket, "S3_ENDPOINT_URL": s3_bucket.endpoint_url or "", "S3_REGION": "us-east-1"}
 
 
+def _refusing_deletes(services, destination: str, monkeypatch, why: str) -> None:
+    from bot.errors import StorageError
+
+    storage = next(s for s in services.storages if s.name == destination)
+
+    def refuse(_key: str) -> None:
+        raise StorageError(why)
+
+    monkeypatch.setattr(storage, "delete", refuse)
+
+
 def _s3_keys(s3_client, s3_bucket) -> list[str]:
     return [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket.bucket).get("Contents", [])]
 
 
 def test_a_destination_failing_mid_prune_leaves_the_catalog_true_copy_by_copy(crm_db, make_services, s3_bucket,
                                                                               s3_client, tmp_path, monkeypatch):
-    from bot.errors import StorageError
-
     # GIVEN two backups on local disk and S3, a policy keeping one, and S3 refusing deletes
     services = make_services(crm_db, **_s3_env(s3_bucket), **S3_POLICY)
     old, new = (services.backup(actor="t", source="cli").backup for _ in range(2))
-    s3 = next(s for s in services.storages if s.name == "s3")
-
-    def refuse(_key: str) -> None:
-        raise StorageError("S3 said AccessDenied on DeleteObject")
-
-    monkeypatch.setattr(s3, "delete", refuse)
+    _refusing_deletes(services, "s3", monkeypatch, "S3 said AccessDenied on DeleteObject")
     # WHEN pruning
     [result] = services.prune(dry_run=False, actor="t", source="cli")
     # THEN the backup stays listed, with its local copy recorded as deleted and its S3 copy as stored,
     # which is what the destinations hold
     assert result.deleted == [] and "AccessDenied" in result.errors[old.id]
-    assert "the other copies were deleted" in result.errors[old.id]
+    assert "(1 other copy was deleted)" in result.errors[old.id]
     copies = {c.destination: c.status for c in services.get_backup(old.id).copies}
     assert copies == {"local": "deleted", "s3": "stored"}
     assert not (tmp_path / "backups" / "prod" / f"{old.id}.dump.zst").exists()
@@ -149,7 +153,8 @@ def test_a_destination_failing_mid_prune_leaves_the_catalog_true_copy_by_copy(cr
 
 
 def test_prune_without_a_destination_configured_deletes_nothing_it_cannot_reach(crm_db, make_services, s3_bucket,
-                                                                                s3_client):
+                                                                                s3_client, tmp_path, monkeypatch,
+                                                                                capsys):
     # GIVEN two backups on local disk and S3
     with_s3 = make_services(crm_db, **_s3_env(s3_bucket), **S3_POLICY)
     old, _new = (with_s3.backup(actor="t", source="cli").backup for _ in range(2))
@@ -164,7 +169,29 @@ def test_prune_without_a_destination_configured_deletes_nothing_it_cannot_reach(
     assert real.deleted == []
     assert {c.destination: c.status for c in local_only.get_backup(old.id).copies} == {"local": "stored",
                                                                                           "s3": "stored"}
+    # AND the CLI's preview does not list it as going while saying it would not go
+    from bot.cli import main
+    from tests.fixtures.cli import empty_env_file
+
+    for key, value in {"DATABASE_URL": crm_db, "BACKUP_TARGET": "prod", "BACKUP_DIR": str(tmp_path / "backups"),
+                       "BACKUPBOT_DB": str(tmp_path / "catalog.db"), **S3_POLICY}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--env-file", empty_env_file(tmp_path), "prune", "--dry-run"]) == 1
+    out, err = capsys.readouterr()
+    assert f"would delete {old.id}" not in out and "would delete 0" in out, out
+    assert f"error: would not delete {old.id}: its s3 copy would be left behind" in err
     assert any(old.id in k for k in _s3_keys(s3_client, s3_bucket))
     # WHEN S3 is configured again THEN the policy deletes it everywhere
     [done] = with_s3.prune(dry_run=False, actor="t", source="cli")
     assert done.deleted == [old.id] and all(old.id not in k for k in _s3_keys(s3_client, s3_bucket))
+
+
+def test_a_prune_that_deleted_nothing_of_a_backup_says_so(crm_db, make_services, monkeypatch):
+    # GIVEN local copies only, and a disk that refuses deletes
+    services = make_services(crm_db, **S3_POLICY)
+    old, _new = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    _refusing_deletes(services, "local", monkeypatch, "could not delete: Permission denied")
+    # WHEN pruning THEN the error says nothing was deleted (not that other copies were)
+    [result] = services.prune(dry_run=False, actor="t", source="cli")
+    assert result.errors[old.id].endswith("Permission denied; nothing was deleted"), result.errors
+    assert {c.destination: c.status for c in services.get_backup(old.id).copies} == {"local": "stored"}

@@ -283,6 +283,15 @@ CASES = [
         delete=["broken"],
     ),
     Case(
+        "a backup marked broken is kept when nothing restorable replaces it in its period",
+        [b("d08", "2026-06-08T02:00"), bad("d09", "2026-06-09T02:00"), bad("d10", "2026-06-10T02:00")],
+        policy(daily=3),
+        "2026-06-10T12:00",
+        # the marks may be wrong (a disk unmounted while the integrity check ran): nothing goes for them alone
+        keep={"d10": ["daily 2026-06-10"], "d09": ["daily 2026-06-09"], "d08": ["newest", "daily 2026-06-08"]},
+        delete=[],
+    ),
+    Case(
         "while one destination's uploads fail, its newest copy is kept whatever the buckets say",
         [
             on("with-s3-1", "2026-06-01T02:00", "local", "s3"),
