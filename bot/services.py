@@ -75,7 +75,6 @@ class Services:
         self.catalog = catalog or Catalog(settings.catalog_path)
         self.storages: list[Storage] = list(storages) if storages is not None else build_storages(settings)
         self.clock = clock
-        self.heartbeat_url = heartbeat_url(settings.extra)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Listeners (alerts, Slack) subscribe to outcomes without the core knowing about them.
@@ -139,9 +138,19 @@ class Services:
             outcome = self._backup_locked(t, actor=actor, source=source, kind=kind, tags=tags, progress=progress)
         # Every completed backup, whoever took it (the schedule, cron running `backupbot backup`,
         # /backup now); a safety backup before a restore is part of the restore, not a ping.
-        if self.heartbeat_url:
-            ping_heartbeat(self.heartbeat_url)
+        self._ping_heartbeat()
         return outcome
+
+    def _ping_heartbeat(self) -> None:
+        # Read here, not at start-up: a mistyped HEARTBEAT_URL must not stop a restore or a list
+        # (`backupbot run` still refuses to start with one), nor undo a backup that is stored.
+        try:
+            url = heartbeat_url(self.settings.extra)
+        except BackupbotError as exc:
+            log.warning("HEARTBEAT_URL not pinged: %s", exc.message)
+            return
+        if url:
+            ping_heartbeat(url)
 
     def _backup_locked(self, t: Target, *, actor: str, source: str, kind: str, tags: Sequence[str] = (),
                        progress: Callable[[int, float], None] | None = None) -> BackupOutcome:

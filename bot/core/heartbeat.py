@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
@@ -41,6 +40,6 @@ def ping_heartbeat(url: str, timeout: float = HEARTBEAT_TIMEOUT_S) -> bool:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http(s) checked at config)
             resp.read(1024)
         return True
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        log.warning("heartbeat ping failed: %s", redact(getattr(exc, "reason", exc)))
+    except Exception as exc:  # any failure (a proxy's malformed reply too): the backup is done regardless
+        log.warning("heartbeat ping failed: %s", redact(getattr(exc, "reason", None) or exc))
         return False

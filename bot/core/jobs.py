@@ -181,23 +181,36 @@ def catch_up(rt: Runtime) -> list[str]:
 
 
 def catch_up_checks(rt: Runtime) -> list[str]:
-    """At start-up, after the backups' catch-up: the weekly integrity check and the monthly
-    restore drill whose last slot passed while the bot was down run once now, announced, instead
-    of slipping silently by a week or a month. Returns the kinds it ran."""
+    """At start-up, after the backups' catch-up: the weekly integrity check (of every target)
+    and each target's restore drill whose last slot passed while the bot was down run once now,
+    announced, instead of slipping silently by a week or a month. A drill of one target, or a
+    check of one target, does not stand in for the others. Returns what it ran ("integrity",
+    "drill:<target>")."""
     ran = []
     now = rt.now()
-    for kind, expr, what, job in (("integrity", rt.sched.integrity_schedule, "weekly integrity check", integrity_job),
-                                  ("drill", rt.sched.drill_schedule, "restore drill", drill_job)):
-        if expr is None:
-            continue
-        slot = _missed_slot(rt, expr, rt.services.catalog.runs(kind=kind, limit=20), now)
-        if slot is None:
-            continue
-        rt.poster.post(f"⏰ Catch-up: the {what} due {local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not "
-                       "run (backupbot was not running). Running it now.")
-        job(rt)
-        ran.append(kind)
+    catalog = rt.services.catalog
+    expr = rt.sched.integrity_schedule
+    if expr is not None:
+        whole = [r for r in catalog.runs(kind="integrity", limit=50) if r["target"] is None]
+        slot = _missed_slot(rt, expr, whole, now)
+        if slot is not None:
+            _announce_catch_up(rt, "weekly integrity check", slot)
+            integrity_job(rt)
+            ran.append("integrity")
+    expr = rt.sched.drill_schedule
+    if expr is not None:
+        for target in rt.services.settings.targets:
+            slot = _missed_slot(rt, expr, catalog.runs(kind="drill", target=target, limit=20), now)
+            if slot is not None:
+                _announce_catch_up(rt, f"restore drill of *{target}*", slot)
+                drill_job(rt, target)
+                ran.append(f"drill:{target}")
     return ran
+
+
+def _announce_catch_up(rt: Runtime, what: str, slot: datetime) -> None:
+    rt.poster.post(f"⏰ Catch-up: the {what} due {local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not "
+                   "run (backupbot was not running). Running it now.")
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -221,23 +221,58 @@ def test_an_integrity_check_or_drill_missed_while_down_runs_once_at_start_up(crm
     rt, poster = runtime(make_services, crm_db, INTEGRITY_SCHEDULE="0 4 * * 0", DRILL_SCHEDULE="0 5 1 * *")
     rt.services.backup(actor="t", source="cli")
     long_ago = iso(utcnow() - timedelta(days=40))
-    with rt.services.catalog.tx() as db:
-        db.execute("UPDATE schema_migrations SET applied_at = ?", [long_ago])
-    for kind in ("integrity", "drill"):
-        run_id = rt.services.catalog.start_run(kind, None, "backupbot", "schedule")
-        rt.services.catalog.finish_run(run_id, "ok")
+
+    def everything_ran_long_ago() -> None:
         with rt.services.catalog.tx() as db:
-            db.execute("UPDATE runs SET started_at = ? WHERE id = ?", [long_ago, run_id])
+            db.execute("UPDATE schema_migrations SET applied_at = ?", [long_ago])
+            db.execute("UPDATE runs SET started_at = ? WHERE kind IN ('integrity', 'drill')", [long_ago])
+
+    for kind, target in (("integrity", None), ("drill", "prod")):
+        rt.services.catalog.finish_run(rt.services.catalog.start_run(kind, target, "backupbot", "schedule"), "ok")
+    everything_ran_long_ago()
+    # AND someone drilled another target by hand since: that is no drill of prod
+    rt.services.catalog.finish_run(rt.services.catalog.start_run("drill", "staging", "U0ALICE", "slack"), "ok")
     # WHEN the bot starts
-    assert catch_up_checks(rt) == ["integrity", "drill"]
+    assert catch_up_checks(rt) == ["integrity", "drill:prod"]
     # THEN each is announced and runs once: the check verified the backup, the drill restored it
     texts = poster.texts()
     assert any("Catch-up: the weekly integrity check due" in t and "Running it now" in t for t in texts), texts
-    assert any("Catch-up: the restore drill due" in t for t in texts), texts
+    assert any("Catch-up: the restore drill of *prod* due" in t for t in texts), texts
     assert rt.services.catalog.runs(kind="integrity")[0]["status"] == "ok"
-    assert rt.services.catalog.runs(kind="drill")[0]["status"] == "ok"
+    assert rt.services.catalog.runs(kind="drill", target="prod")[0]["status"] == "ok"
     # AND starting again runs neither
     assert catch_up_checks(rt) == []
-    # AND with the checks switched off, nothing is caught up either
+    # AND with the checks switched off, a catalog that would catch both up catches up nothing
+    everything_ran_long_ago()
     off, _ = runtime(make_services, crm_db, INTEGRITY_SCHEDULE="off", DRILL_SCHEDULE="off")
     assert catch_up_checks(off) == []
+    assert catch_up_checks(rt) == ["integrity", "drill:prod"]  # the same catalog, schedules on
+
+
+def test_a_heartbeat_that_answers_garbage_or_is_mistyped_never_fails_a_stored_backup(crm_db, make_services, caplog):
+    import socket
+
+    # GIVEN a "monitor" behind a proxy that answers with garbage instead of HTTP
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"garbage\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/ping/abc"
+    try:
+        # WHEN a backup completes THEN it is reported done; the failed ping is a warning
+        outcome = make_services(crm_db, HEARTBEAT_URL=url).backup(actor="t", source="cli")
+    finally:
+        listener.close()
+    assert outcome.backup.status == "complete"
+    assert "heartbeat ping failed" in caplog.text and "/ping/abc" not in caplog.text
+    # AND a mistyped HEARTBEAT_URL neither stops the backup nor anything else
+    caplog.clear()
+    again = make_services(crm_db, HEARTBEAT_URL="hc-ping.com/abc").backup(actor="t", source="cli")
+    assert again.backup.status == "complete" and "HEARTBEAT_URL not pinged" in caplog.text
