@@ -3,10 +3,13 @@ sweeps) registered as start hooks, and serve Slack in Socket Mode or HTTP mode u
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bot.app import AppContext, check_slack, create_app, make_client, validate_slack_settings
@@ -28,8 +31,8 @@ def health(ctx: AppContext) -> dict[str, Any]:
     ok = True
     max_age = parse_duration(ctx.settings.extra.get("MAX_BACKUP_AGE") or "26h", "MAX_BACKUP_AGE")
     for name in ctx.settings.targets:
-        last = ctx.core.catalog.latest_good(name)
-        age = (now - last.created_at).total_seconds() if last else None
+        last = ctx.core.catalog.latest_good(name, now)
+        age = max(0.0, (now - last.created_at).total_seconds()) if last else None  # within the skew tolerated
         stale = last is None or age is None or age > max_age.total_seconds()
         ok = ok and not stale
         targets[name] = {"last_good_backup": {"id": last.id, "created_at": iso(last.created_at), "age_s": int(age or 0)}
@@ -53,11 +56,31 @@ def start_hooks(ctx: AppContext) -> list[Callable[[], None]]:
     return stops
 
 
+def _hold_run_lock(settings: Settings) -> int:
+    """One `backupbot run` per catalog: a second one would settle the first one's running
+    restores as abandoned (freeing their backups for retention) and post and schedule everything
+    twice. The lock is an flock on <catalog>.run.lock, released when the process ends."""
+    path = Path(f"{settings.catalog_path}.run.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise BackupbotError(f"another `backupbot run` (pid {holder}) is already using the catalog "
+                             f"{settings.catalog_path}: stop it first, or give this one its own BACKUPBOT_DB") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0") -> int:
     use_http = http or not settings.slack.app_token
     validate_slack_settings(settings, http=use_http)
     client = make_client(settings)
     check_slack(client)  # before anything is settled or started
+    run_lock = _hold_run_lock(settings)  # noqa: F841  # held (open) for the life of the process
     services = build_services(settings)
     # Restores, drills and checks the bot itself started cannot still be running now that it
     # starts again; ones the CLI started (source "cli") may be, so they are left alone.

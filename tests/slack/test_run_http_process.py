@@ -20,6 +20,16 @@ from tests.slack.support import until
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, then its output; killed if it does not stop within 20 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
 def _healthz(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
@@ -56,12 +66,7 @@ def test_run_http_serves_healthz_and_signed_commands_and_stops_on_sigterm(fake_s
         assert post(f"http://127.0.0.1:{port}/slack/events", body, "wrong-secret")[0] == 401
     finally:
         # WHEN it gets SIGTERM THEN it exits cleanly
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        out, err = _stop(proc)
     assert proc.returncode == 0, err
     assert f"HTTP mode on 127.0.0.1:{port}" in out
     assert BOT_TOKEN not in out + err and SIGNING_SECRET not in out + err
@@ -113,3 +118,33 @@ def test_run_on_a_port_in_use_says_so_in_one_line_before_starting_anything(fake_
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr and "--port" in done.stderr
     assert fake_slack.calls("chat.postMessage") == []
+
+
+def test_a_second_run_on_the_same_catalog_is_refused_and_leaves_the_first_ones_work_alone(fake_slack, crm_db,
+                                                                                           tmp_path):
+    from bot.core.catalog import Catalog
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": crm_db, "BACKUP_TARGET": "prod",
+           "BACKUP_DIR": str(tmp_path / "backups"), "BACKUPBOT_DB": str(tmp_path / "catalog.db"),
+           "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_CHANNEL": CHANNEL,
+           "SLACK_API_URL": fake_slack.url}
+    env.pop("SLACK_APP_TOKEN", None)
+    port = free_port()
+    first = subprocess.Popen([sys.executable, "-m", "bot", "run", "--http", "--port", str(port), "--host", "127.0.0.1"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        until(lambda: first.poll() is None and _healthz(port), timeout=30, what="the first bot's /healthz")
+        # GIVEN the first bot is running a restore (as its Slack flow records one)
+        catalog = Catalog(tmp_path / "catalog.db")
+        run_id = catalog.start_run("restore", "prod", "U0ALICE", "slack", {"backup_id": "prod-x"})
+        # WHEN a second `backupbot run` starts on the same catalog
+        second = subprocess.run([sys.executable, "-m", "bot", "run", "--http", "--port", str(free_port()),
+                                 "--host", "127.0.0.1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=60)
+        # THEN it refuses in one line naming the first one, and the first one's restore is untouched
+        assert second.returncode == 1, second.stderr
+        assert f"another `backupbot run` (pid {first.pid}) is already using the catalog" in second.stderr
+        assert catalog.run(run_id)["status"] == "running"
+        assert first.poll() is None
+    finally:
+        _stop(first)
