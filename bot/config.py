@@ -279,23 +279,22 @@ def load_settings(
         if profile not in ("auto", "supabase", "plain"):
             raise ConfigError(f"must be auto, supabase or plain, got {profile!r}", "BACKUP_PROFILE")
         excl = r.str("EXCLUDE_SCHEMAS")
-        if config_file and name not in targets:
-            # Likely a copied .env.example beside a targets file: an extra target would be backed
-            # up (and alerted about) every night. Say so instead of guessing.
-            raise ConfigError(f"DATABASE_URL would add a target {name!r} next to those in BACKUPBOT_CONFIG "
-                              f"({', '.join(targets)}): describe it in that file (database_url_env = "
-                              "\"DATABASE_URL\"), or unset DATABASE_URL", "DATABASE_URL")
-        targets.setdefault(
-            name,
-            Target(
+        if targets:  # a targets file: DATABASE_URL may only be one of its targets' URL
+            if not any(t.database_url == url for t in targets.values()):
+                # Likely a copied .env.example beside the file: it would either be ignored or add
+                # a target backed up (and alerted about) every night. Say so instead of guessing.
+                raise ConfigError(f"DATABASE_URL is set, but no target in BACKUPBOT_CONFIG ({', '.join(targets)}) "
+                                  "uses it: give it to one there (database_url_env = \"DATABASE_URL\"), or unset "
+                                  "DATABASE_URL", "DATABASE_URL")
+        else:
+            targets[name] = Target(
                 name=name,
                 database_url=url,
                 profile=profile,
                 schedule=r.str("BACKUP_SCHEDULE", "0 2 * * *") or "0 2 * * *",
                 exclude_schemas=_csv(excl) if excl is not None else None,
-            ),
-        )
-        default_target = default_target or name
+            )
+            default_target = default_target or name
     if not targets:
         raise ConfigError("DATABASE_URL is not set (or give targets in BACKUPBOT_CONFIG)", "DATABASE_URL")
     default_target = r.str("BACKUP_DEFAULT_TARGET", default_target) or next(iter(targets))

@@ -58,14 +58,20 @@ def test_database_url_beside_a_targets_file_is_refused_rather_than_adding_a_targ
     cfg = tmp_path / "backupbot.toml"
     cfg.write_text('[targets.prod]\ndatabase_url_env = "PROD_URL"\n[targets.staging]\n'
                    'database_url = "postgresql://s@staging/crm"\n')
-    env = {"BACKUPBOT_CONFIG": str(cfg), "PROD_URL": URL, "DATABASE_URL": "postgresql://postgres:change-me@localhost/x"}
-    # WHEN the settings load THEN one line says what would happen and what to do
-    with pytest.raises(ConfigError) as err:
-        load_settings({**env, "BACKUP_TARGET": "default"}, env_file=None)
-    assert "DATABASE_URL would add a target 'default' next to those in BACKUPBOT_CONFIG (prod, staging)" in \
-        err.value.message and "change-me" not in err.value.message
-    # AND naming one of the file's targets is no extra target: the file describes it
-    assert sorted(load_settings({**env, "BACKUP_TARGET": "prod"}, env_file=None).targets) == ["prod", "staging"]
+    env = {"BACKUPBOT_CONFIG": str(cfg), "PROD_URL": URL, "BACKUP_TARGET": "default",
+           "DATABASE_URL": "postgresql://postgres:change-me@localhost/x"}
+    # WHEN the settings load THEN one line says what is wrong and what to do
+    for target in ("default", "prod"):  # an extra target, or one whose URL would be ignored
+        with pytest.raises(ConfigError) as err:
+            load_settings({**env, "BACKUP_TARGET": target}, env_file=None)
+        assert "DATABASE_URL is set, but no target in BACKUPBOT_CONFIG (prod, staging) uses it" in err.value.message
+        assert "change-me" not in err.value.message
+    # AND the form the message suggests works, with no extra target
+    cfg.write_text('[targets.prod]\ndatabase_url_env = "DATABASE_URL"\n[targets.staging]\n'
+                   'database_url = "postgresql://s@staging/crm"\n')
+    settings = load_settings(env, env_file=None)
+    assert sorted(settings.targets) == ["prod", "staging"]
+    assert settings.targets["prod"].database_url == env["DATABASE_URL"]
 
 
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path):
