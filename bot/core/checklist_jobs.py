@@ -174,9 +174,9 @@ def history_lines(rt: Runtime, limit: int = 30) -> list[str]:
         texts = {i.key: i.text for i in checklist.items}
         for item in checklist.items:
             tick = state.get(item.key)
-            mark = f"✓ {tick.user} {tick.at.astimezone(tz):%Y-%m-%d %H:%M}" if tick else "☐"
+            mark = f"✓ {tick.user} {tick.at.astimezone(tz):%Y-%m-%d %H:%M %Z}" if tick else "☐"
             lines.append(f"  {mark}  {item.text}")
         for e in events:
             at = datetime.fromisoformat(e["at"].replace("Z", "+00:00")).astimezone(tz)
-            lines.append(f"    {at:%Y-%m-%d %H:%M} {e['user']} {e['action']}ed {texts.get(e['item_key'], e['item_key'])}")
+            lines.append(f"    {at:%Y-%m-%d %H:%M %Z} {e['user']} {e['action']}ed {texts.get(e['item_key'], e['item_key'])}")
     return lines

@@ -151,8 +151,10 @@ def test_copies_unreadable_during_the_check_are_not_condemned_and_prune_keeps_th
         assert all(c.ok for c in services.verify(b.id, actor="t", source="cli"))
         with services.catalog.tx() as db:
             db.execute("UPDATE backups SET created_at = ? WHERE id = ?", [iso(utcnow() - timedelta(days=days)), b.id])
-    # WHEN the weekly check runs while the backup disk is unmounted and S3 times out
+    # WHEN the weekly check runs while the backup disk is unmounted (its empty mount point left)
+    # and S3 times out
     (tmp_path / "backups").rename(tmp_path / "elsewhere")
+    (tmp_path / "backups").mkdir()
     s3 = next(s for s in services.storages if s.name == "s3")
 
     def timed_out(_key: str):
@@ -162,11 +164,12 @@ def test_copies_unreadable_during_the_check_are_not_condemned_and_prune_keeps_th
     report = integrity_job(rt)
     # THEN every copy is reported unreadable, with what to do, and nothing is recorded against any
     assert {f.kind for f in report.findings} == {"unreadable"} and len(report.findings) == 6, report.findings
-    assert "is not there (an unmounted disk?)" in report.findings[0].text + report.findings[1].text
+    assert "/prod is not there (an unmounted disk?)" in report.findings[0].text + report.findings[1].text
     for b in backups:
         again = services.get_backup(b.id)
         assert again.verify_status == "ok" and {c.status for c in again.copies} == {"stored"}
     # AND once the disk is back, a backup and its prune keep the history the policy asks for
+    (tmp_path / "backups").rmdir()
     (tmp_path / "elsewhere").rename(tmp_path / "backups")
     monkeypatch.undo()
     services.backup(actor="t", source="cli")

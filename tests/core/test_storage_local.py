@@ -135,14 +135,23 @@ def test_disk_full_raises_clear_error_and_removes_partial(tiny_fs: Path) -> None
 
 
 def test_missing_key_raises_not_found_naming_the_path(tmp_path: Path) -> None:
-    # GIVEN an empty storage
+    # GIVEN a storage holding another copy of the same target
     storage = LocalStorage(tmp_path)
+    storage.put_bytes(KEY.replace(".dump.zst", "-other.dump.zst"), b"x")
     # WHEN / THEN reading a key that was never written
     with pytest.raises(NotFound, match=f"no stored copy at {tmp_path / 'default'}"):
         storage.open_reader(KEY)
     with pytest.raises(NotFound):
         storage.get_bytes(KEY)
     assert storage.stat(KEY) is None
+
+
+def test_a_target_folder_that_is_not_there_is_unreadable_not_missing(tmp_path: Path) -> None:
+    # GIVEN a storage whose target folder is absent (an unmounted disk leaves an empty mount point)
+    storage = LocalStorage(tmp_path)
+    # WHEN / THEN a copy in it cannot be read now, which says nothing of the copy itself
+    with pytest.raises(StorageError, match=f"the folder {tmp_path / 'default'} is not there"):
+        storage.open_reader(KEY)
 
 
 def test_keys_escaping_the_root_are_refused(tmp_path: Path) -> None:

@@ -164,10 +164,11 @@ class LocalStorage:
         try:
             return path.open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            if not self.root.is_dir():
-                # Not one copy gone but the whole directory (an unmounted disk, a wrong path):
-                # unreadable right now, which must not get every copy recorded as missing.
-                raise StorageError(f"could not read {path}: the backup directory {self.root} is not there "
+            if not path.parent.is_dir():
+                # Not one copy gone but the target's whole folder (an unmounted disk leaves an empty
+                # mount point; a wrong path): unreadable right now, which must not get every copy
+                # recorded as missing.
+                raise StorageError(f"could not read {path}: the folder {path.parent} is not there "
                                    "(an unmounted disk?)") from None
             raise NotFound(f"no stored copy at {path}") from None
         except OSError as exc:
