@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,6 +34,7 @@ from bot.core.pgtools import (
 from bot.core.redact import redact
 from bot.core.rescan import catalog_row
 from bot.core.storage.base import CopyWriter, Storage, StoredObject, object_keys
+from bot.core.storage.local import LocalStorage
 from bot.errors import BackupbotError, ConnectionFailed, DumpError, StorageError
 
 MANIFEST_VERSION = 1
@@ -95,6 +97,25 @@ def run_backup(
     return outcome
 
 
+def _check_not_a_bare_mount_point(storage: Storage, target: str, catalog: Catalog) -> None:
+    """Refuse to write where the target's folder has vanished although the catalog has copies
+    stored in it: most likely the backup disk is not mounted, and writing would fill the disk
+    underneath while every older copy read as missing."""
+    if not isinstance(storage, LocalStorage):
+        return
+    folder = storage.root / target
+    if folder.is_dir():
+        return
+    stored = [b.id for b in catalog.list(target=target)
+              for c in b.copies if c.destination == storage.name and c.status == "stored"
+              and c.location and Path(c.location).parent == folder]
+    if stored:
+        raise StorageError(
+            f"{folder} is not there, though {len(stored)} backup(s) of {target} were stored in it: is the disk "
+            f"unmounted? Mount it and back up again. If those backups are really gone, create the folder "
+            f"(mkdir -p {folder}); `backupbot verify` then records them missing")
+
+
 def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequence[Storage],
             run_id: int, kind: str, tags: Sequence[str], progress: Callable[[int, float], None] | None,
             ) -> BackupOutcome:
@@ -106,6 +127,7 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
     for storage in storages:
         try:
             storage.check_writable()
+            _check_not_a_bare_mount_point(storage, target.name, catalog)
             usable.append(storage)
         except BackupbotError as exc:
             failed[storage.name] = exc.message

@@ -575,3 +575,23 @@ def test_a_database_made_between_the_check_and_create_database_is_one_clear_line
     with pytest.raises(RestoreError) as err:
         restore_mod._create_database(ConnInfo.parse(crm_db), "raced_db")
     assert "created by someone else just now" in err.value.message and "nothing was changed" in err.value.message
+
+
+def test_a_backup_disk_that_is_not_mounted_is_not_written_underneath(crm_db, make_services, tmp_path):
+    # GIVEN a backup on the backup disk, which is then unmounted: its empty mount point remains
+    services = make_services(crm_db)
+    first = services.backup(actor="t", source="cli").backup
+    (tmp_path / "backups").rename(tmp_path / "the-disk")
+    (tmp_path / "backups").mkdir()
+    # WHEN the next backup runs
+    with pytest.raises(StorageError) as err:
+        services.backup(actor="t", source="cli")
+    # THEN it refuses to fill the disk underneath, says why and what to do, and writes nothing
+    folder = tmp_path / "backups" / "prod"
+    assert f"{folder} is not there, though 1 backup(s) of prod were stored in it: is the disk unmounted?" in \
+        err.value.message and f"mkdir -p {folder}" in err.value.message
+    assert list((tmp_path / "backups").iterdir()) == []
+    assert [b.id for b in services.list_backups()] == [first.id]
+    # AND when those backups are really gone, creating the folder lets backups go ahead
+    folder.mkdir()
+    assert services.backup(actor="t", source="cli").backup.status == "complete"
