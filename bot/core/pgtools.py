@@ -209,22 +209,22 @@ class Command:
         return [str(self.path), *args]
 
     def run(self, args: Sequence[str], info: ConnInfo | None = None, *, input: bytes | None = None,
-            timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+            timeout: float | None = None, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[bytes]:
         env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.run(  # noqa: S603 - argument list, no shell
             self.argv(args), input=input, capture_output=True, env=env, timeout=timeout, check=False,
-            pass_fds=info.pass_fds() if info else (), start_new_session=True,
+            pass_fds=(*(info.pass_fds() if info else ()), *pass_fds), start_new_session=True,
         )
         if proc.returncode not in self.ok_codes:
             raise tool_error(self.tool, proc.returncode, proc.stderr.decode("utf-8", "replace"), info)
         return proc
 
     def popen(self, args: Sequence[str], info: ConnInfo | None = None, *, stdin: int | IO[bytes] | None = None,
-              stdout: int | IO[bytes] | None = subprocess.PIPE) -> RunningTool:
+              stdout: int | IO[bytes] | None = subprocess.PIPE, pass_fds: Sequence[int] = ()) -> RunningTool:
         env = info.env() if info else None  # first: it makes the descriptors pass_fds names
         proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
             self.argv(args), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
-            pass_fds=info.pass_fds() if info else (), start_new_session=True,
+            pass_fds=(*(info.pass_fds() if info else ()), *pass_fds), start_new_session=True,
         )
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:

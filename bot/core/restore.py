@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -106,6 +107,7 @@ class LoadContext:
     identity_file: Path | None
     bindir: Path | None
     archive: Path | None = None  # a local, seekable copy of the archive when the hooks asked for one
+    archive_fds: tuple[int, ...] = ()  # pass_fds a child needs to open ``archive`` (see Spool)
 
     def render(self, entries: Sequence[toc.TocEntry]) -> str:
         """The SQL pg_restore would run for these entries (what a person may have to run by hand)."""
@@ -117,7 +119,8 @@ class LoadContext:
         try:
             args = [f"--use-list={path}", "--file=-"]
             if self.archive is not None:
-                return Command("pg_restore", self.bindir).run([*args, str(self.archive)]).stdout.decode("utf-8", "replace")
+                return Command("pg_restore", self.bindir).run([*args, str(self.archive)],
+                                                              pass_fds=self.archive_fds).stdout.decode("utf-8", "replace")
             return _render_streamed(self, args)
         finally:
             os.unlink(path)
@@ -314,6 +317,7 @@ def restore(
     archive: Spool | None = None
     created_roles: tuple[ConnInfo, list[str]] | None = None  # --with-roles: undone if the restore fails
     loaded = False  # pg_restore finished and committed
+    list_file: Path | None = None  # the --use-list file, removed at the end
     try:
         parallel = request.mode == "into" and jobs > 1
         if seekable_archive or parallel:
@@ -367,19 +371,29 @@ def restore(
                 raise StorageError(f"no copy of {backup.id} could be read right now: " + "; ".join(errors))
             raise IntegrityError(f"no intact copy of {backup.id}: " + "; ".join(errors))
         say(f"checksum of the {storage.name} copy matches")
+
+        # Everything that can refuse without touching the destination comes before before_load
+        # (the safety backup): tool and server versions, the roles dump's own checksum, a --table
+        # not in the archive. A database made by "into" does not exist yet: ask the server
+        # through its maintenance db.
+        major, server_full = server_version(info.with_db("postgres") if request.mode == "into" else info)
+        pg_restore = Command("pg_restore", bindir)
+        check_tool_not_older(pg_restore, major, server_full)
+        roles_sql = load_roles_sql(backup, storage, identity_file) if request.with_roles else None
+        ctx = LoadContext(request, backup, info, storage, identity_file, bindir)
+        if archive is not None:
+            ctx.archive, ctx.archive_fds = archive.path, archive.pass_fds
+            say(f"archive unpacked to a local file ({human_bytes(archive.size)})"
+                + (f"; loading with {jobs} connections" if parallel else "; the restore reorders data"))
+        if request.table and toc_filter is None:  # a profile's filter reads the destination: later
+            list_file = _restore_list(ctx, request.table, None)
         if before_load is not None:
             started = time.monotonic()
             before_load()
             t0 += time.monotonic() - started
 
-        # A database made by "into" does not exist yet: ask the server through its maintenance db.
-        major, server_full = server_version(info.with_db("postgres") if request.mode == "into" else info)
-        pg_restore = Command("pg_restore", bindir)
-        check_tool_not_older(pg_restore, major, server_full)
-
         roles = RolesApplied()
-        if request.with_roles:
-            roles_sql = load_roles_sql(backup, storage, identity_file)
+        if roles_sql is not None:
             role_info = info.with_db("postgres") if request.mode == "into" else info
             with psycopg.connect(role_info.conninfo(), autocommit=True) as conn:
                 roles = apply_roles(roles_sql, conn, reserved_roles)
@@ -400,39 +414,30 @@ def restore(
         args.append(f"--jobs={jobs}" if parallel else "--single-transaction")
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
-        ctx = LoadContext(request, backup, info, storage, identity_file, bindir)
-        list_file = None
-        try:
-            if archive is not None:
-                ctx.archive = archive.path
-                say(f"archive unpacked to a local file ({human_bytes(archive.size)})"
-                    + (f"; loading with {jobs} connections" if parallel else "; the restore reorders data"))
-            if request.table or toc_filter is not None:
-                list_file = _restore_list(ctx, request.table, toc_filter)
-                args += ["--use-list", str(list_file)]
-            args += list(extra_pg_restore_args)
-            with around_load(ctx) if around_load is not None else nullcontext():
-                say(PG_RESTORE_STARTED)  # from here a failure rolls back (in one transaction) or drops
-                if ctx.archive is not None:
-                    _file_restore(pg_restore, [*args, str(ctx.archive)], info, maintenance_work_mem)
-                else:
-                    _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
-                loaded = True  # committed: from here on the roles are in use
-            say("pg_restore finished")
+        if list_file is None and (request.table or toc_filter is not None):
+            list_file = _restore_list(ctx, request.table, toc_filter)
+        if list_file is not None:
+            args += ["--use-list", str(list_file)]
+        args += list(extra_pg_restore_args)
+        with around_load(ctx) if around_load is not None else nullcontext():
+            say(PG_RESTORE_STARTED)  # from here a failure rolls back (in one transaction) or drops
+            if ctx.archive is not None:
+                _file_restore(pg_restore, [*args, str(ctx.archive)], info, maintenance_work_mem, ctx.archive_fds)
+            else:
+                _stream_restore(backup, storage, pg_restore, args, info, identity_file, maintenance_work_mem)
+            loaded = True  # committed: from here on the roles are in use
+        say("pg_restore finished")
 
-            with psycopg.connect(info.conninfo(), autocommit=True) as conn:
-                excluded = tuple((backup.manifest.get("profile") or {}).get("excluded_schemas", {}))
-                facts = inspect_database(conn, exact_max_rows=10**12, excluded_schemas=excluded)
-                report = compare(backup.manifest, facts, only_table=_qualified(request.table),
-                                 check_sequences=request.table is None)
-                if roles.problems:
-                    report.checks.append(Check(False, "roles dump applied", "; ".join(roles.problems)[:1500]))
-                report.notes.extend(roles.notes)
-                if after_restore is not None:
-                    after_restore(conn, report, ctx)
-        finally:
-            if list_file is not None:
-                list_file.unlink(missing_ok=True)
+        with psycopg.connect(info.conninfo(), autocommit=True) as conn:
+            excluded = tuple((backup.manifest.get("profile") or {}).get("excluded_schemas", {}))
+            facts = inspect_database(conn, exact_max_rows=10**12, excluded_schemas=excluded)
+            report = compare(backup.manifest, facts, only_table=_qualified(request.table),
+                             check_sequences=request.table is None)
+            if roles.problems:
+                report.checks.append(Check(False, "roles dump applied", "; ".join(roles.problems)[:1500]))
+            report.notes.extend(roles.notes)
+            if after_restore is not None:
+                after_restore(conn, report, ctx)
         duration = round(time.monotonic() - t0, 3)
         status = "ok" if report.ok else "failed"
         catalog.finish_run(run_id, status, backup_id=backup.id, rto_s=duration,
@@ -475,12 +480,14 @@ def restore(
             if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the exit status still says so
                 err.exit_code = 143 if isinstance(exc, Terminated) else 130
             raise err from exc
-        if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
-            raise
+        if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError | sqlite3.Error) and not left):
+            raise  # (a failing catalog stays itself: the CLI names it)
         raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
     finally:
         if archive is not None:
             archive.remove()
+        if list_file is not None:
+            list_file.unlink(missing_ok=True)
 
 
 def _restore_list(ctx: LoadContext, table: str | None,
@@ -490,7 +497,8 @@ def _restore_list(ctx: LoadContext, table: str | None,
     slots: tuple[archive.TocSlot, ...] | None = None  # the archive's own TOC, with dependencies
     try:
         if ctx.archive is not None:
-            listing = Command("pg_restore", ctx.bindir).run(["--list", str(ctx.archive)]).stdout.decode("utf-8", "replace")
+            listing = Command("pg_restore", ctx.bindir).run(["--list", str(ctx.archive)],
+                                                            pass_fds=ctx.archive_fds).stdout.decode("utf-8", "replace")
             if table:
                 fd = os.open(ctx.archive, os.O_RDONLY)
                 try:
@@ -545,8 +553,10 @@ def _restore_env(info: ConnInfo, work_mem: str) -> ConnInfo:
     return ConnInfo({**info.params, "options": f"{info.params.get('options', '')} {ours}".strip()})
 
 
-def _file_restore(pg_restore: Command, args: list[str], info: ConnInfo, work_mem: str) -> None:
-    proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+def _file_restore(pg_restore: Command, args: list[str], info: ConnInfo, work_mem: str,
+                  pass_fds: tuple[int, ...] = ()) -> None:
+    proc = pg_restore.popen(args, _restore_env(info, work_mem), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            pass_fds=pass_fds)
     try:
         proc.check_restore()
     except BaseException:
@@ -611,13 +621,15 @@ def _fill_offsets(fd: int, finder: archive.BlockFinder, backup_id: str) -> None:
 class Spool:
     """A decrypted, decompressed archive in a private temporary file (mode 0600), checksum checked
     on the way. It holds the database's data in clear, so it has no name: created in the temporary
-    directory and unlinked at once, it is reached as ``/proc/<pid>/fd/<n>`` by our pg_restore
-    children while we hold it open, and the kernel frees it when we close it or die (even by
-    SIGKILL). Where /proc cannot be used it keeps its name; ``remove`` then deletes it, and the
+    directory and unlinked at once, it is reached as ``/proc/self/fd/<n>`` by our pg_restore
+    children, which are given the descriptor (``pass_fds``), and the kernel frees it when the
+    last of us closes it or dies (even by SIGKILL). Where /proc cannot be used it keeps its name; ``remove`` then deletes it, and the
     flock held meanwhile tells the start-up sweep (services) that it is in use."""
 
     def __init__(self, path: Path, fd: int, size: int, named: bool = True) -> None:
         self.path, self._fd, self.size, self.named = path, fd, size, named
+        # What a child must be given for ``path`` to work in it (nothing for a named file).
+        self.pass_fds: tuple[int, ...] = () if named else (fd,)
 
     @classmethod
     def unpack(cls, backup: Backup, storage: Storage, identity_file: Path | None, temp_dir: Path | None) -> Spool:
@@ -668,12 +680,15 @@ class Spool:
 
 
 def _unname(path: Path, fd: int) -> tuple[Path, bool]:
-    """Unlink a new temporary file, returning the path by which our children (same user) can
-    still open it, and False; or, where that path does not work (no /proc), the file's own path
-    and True."""
-    alias = Path(f"/proc/{os.getpid()}/fd/{fd}")
+    """Unlink a new temporary file, returning the path by which a child given the descriptor
+    (``pass_fds``) opens it — ``/proc/self/fd/<n>``, the child's own descriptor, which needs no
+    access to our /proc entry — and False; or, where that path does not lead to this very file
+    (no /proc, or one of another pid namespace), the file's own path and True."""
+    alias = Path(f"/proc/self/fd/{fd}")
     try:
-        os.close(os.open(alias, os.O_RDONLY))
+        seen, ours = os.stat(alias), os.fstat(fd)
+        if (seen.st_dev, seen.st_ino) != (ours.st_dev, ours.st_ino):
+            return path, True
         path.unlink()
     except OSError:
         return path, True

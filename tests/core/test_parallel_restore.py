@@ -459,3 +459,25 @@ def test_a_copy_corrupt_on_its_own_is_recorded_beside_a_key_problem(crm_db, make
     after = services.get_backup(backup.id)
     assert {c.destination: c.status for c in after.copies} == {"local": "corrupt", "s3": "stored"}
     assert after.verify_status == "failed"
+
+
+def test_a_proc_path_that_leads_to_another_file_keeps_the_temporary_file_named(tmp_path, monkeypatch):
+    # GIVEN a /proc that does not show this process's descriptors (another pid namespace)
+    path = tmp_path / "backupbot-x.dump"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    decoy = tmp_path / "decoy"
+    decoy.write_text("another process's file")
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(decoy) if str(p).startswith("/proc/") else
+                        real_stat(p, *a, **k))
+    try:
+        # WHEN the restore's temporary file would be unlinked THEN it keeps its name, as the
+        # only path a child can be sure to open, and no descriptor has to be passed
+        alias, named = restore_mod._unname(path, fd)
+        assert (alias, named) == (path, True) and path.exists()
+        monkeypatch.undo()
+        # AND where /proc is right, the file goes and /proc/self/fd/<n> is what children open
+        alias, named = restore_mod._unname(path, fd)
+        assert (str(alias), named) == (f"/proc/self/fd/{fd}", False) and not path.exists()
+    finally:
+        os.close(fd)
