@@ -121,11 +121,13 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
                          table=args.table, with_roles=args.with_roles or bool(args.to))
     services = _services(settings)
     bar = ProgressPrinter(sys.stderr, "restoring")
-    outcome, safety = services.restore(req, actor=args.actor, source="cli", progress=bar.step,
-                                       safety_backup=not args.no_safety_backup)
+    def safety_taken(safety: Any) -> None:  # printed at once: a restore failing later must not hide it
+        print(f"safety backup taken first: {safety.id} (to go back: backupbot restore {safety.id} --in-place --yes)",
+              flush=True)
+
+    outcome, _safety = services.restore(req, actor=args.actor, source="cli", progress=bar.step,
+                                        safety_backup=not args.no_safety_backup, on_safety_backup=safety_taken)
     bar.done()
-    if safety:
-        print(f"safety backup taken first: {safety.id}")
     print(f"restored {outcome.backup.id} into {outcome.destination} in {outcome.duration_s:.1f}s")
     print("verification report:")
     for line in outcome.report.lines():

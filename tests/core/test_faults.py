@@ -595,3 +595,40 @@ def test_a_backup_disk_that_is_not_mounted_is_not_written_underneath(crm_db, mak
     # AND when those backups are really gone, creating the folder lets backups go ahead
     folder.mkdir()
     assert services.backup(actor="t", source="cli").backup.status == "complete"
+
+
+@pytest.mark.parametrize("case", ["tampered roles dump", "table not in the backup"])
+def test_what_can_refuse_without_the_target_refuses_before_any_safety_backup(crm_db, make_services, tmp_path, case):
+    # GIVEN a backup, and a restore over the target that cannot succeed for a reason of its own
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    if case == "tampered roles dump":
+        roles = tmp_path / "backups" / "prod" / f"{backup.id}.roles.sql"
+        roles.write_text(roles.read_text() + "\nCREATE ROLE intruder;\n")
+        req = RestoreRequest(backup.id, mode="in-place", with_roles=True)
+    else:
+        req = RestoreRequest(backup.id, mode="in-place", table="crm.no_such_table")
+    said: list[str] = []
+    # WHEN it is asked for
+    with pytest.raises(BackupbotError) as err:
+        services.restore(req, actor="t", source="cli", progress=said.append)
+    # THEN it refuses before the safety backup: none was taken, nothing was touched
+    assert ("roles dump" in err.value.message) if case == "tampered roles dump" else (
+        "crm.no_such_table is not in backup" in err.value.message), err.value.message
+    assert not any("safety backup" in m for m in said), said
+    assert [b.id for b in services.list_backups()] == [backup.id]
+
+
+def test_a_safety_backup_failing_on_something_unexpected_still_says_the_restore_did_not_start(crm_db, make_services,
+                                                                                             monkeypatch):
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+
+    def disk_full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(services, "_backup_locked", disk_full)
+    with pytest.raises(RestoreError) as err:
+        services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
+    assert err.value.message.startswith("the safety backup of prod failed, so the restore did not start and prod is "
+                                        "unchanged: OSError"), err.value.message
