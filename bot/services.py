@@ -7,7 +7,6 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
@@ -278,8 +277,6 @@ class Services:
             try:
                 safety = self._backup_locked(target, actor=actor, source=source, kind="pre-restore",
                                              tags=("pre-restore",)).backup
-            except sqlite3.Error:
-                raise  # the catalog itself failed: the front ends say so as such
             except Exception as exc:
                 why = exc.message if isinstance(exc, BackupbotError) else f"{type(exc).__name__}: {redact(exc)}"
                 raise RestoreError(f"the safety backup of {target.name} failed, so the restore did not start and "

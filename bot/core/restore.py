@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -385,8 +384,9 @@ def restore(
             ctx.archive, ctx.archive_fds = archive.path, archive.pass_fds
             say(f"archive unpacked to a local file ({human_bytes(archive.size)})"
                 + (f"; loading with {jobs} connections" if parallel else "; the restore reorders data"))
-        if request.table and toc_filter is None:  # a profile's filter reads the destination: later
-            list_file = _restore_list(ctx, request.table, None)
+        # The entries to restore are chosen now (a --table the backup lacks refuses here); a
+        # profile's filter, which reads the destination, is applied to them after before_load.
+        entries = _select_entries(ctx, request.table) if request.table or toc_filter is not None else None
         if before_load is not None:
             started = time.monotonic()
             before_load()
@@ -414,9 +414,8 @@ def restore(
         args.append(f"--jobs={jobs}" if parallel else "--single-transaction")
         if request.mode in ("in-place", "to"):
             args += ["--clean", "--if-exists"]
-        if list_file is None and (request.table or toc_filter is not None):
-            list_file = _restore_list(ctx, request.table, toc_filter)
-        if list_file is not None:
+        if entries is not None:
+            list_file = _write_list(toc_filter(entries, ctx) if toc_filter is not None else entries)
             args += ["--use-list", str(list_file)]
         args += list(extra_pg_restore_args)
         with around_load(ctx) if around_load is not None else nullcontext():
@@ -480,8 +479,8 @@ def restore(
             if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the exit status still says so
                 err.exit_code = 143 if isinstance(exc, Terminated) else 130
             raise err from exc
-        if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError | sqlite3.Error) and not left):
-            raise  # (a failing catalog stays itself: the CLI names it)
+        if not isinstance(exc, Exception) or (isinstance(exc, BackupbotError) and not left):
+            raise
         raise RestoreError(msg if isinstance(exc, BackupbotError) else f"restore of {backup.id} failed: {msg}") from exc
     finally:
         if archive is not None:
@@ -490,9 +489,9 @@ def restore(
             list_file.unlink(missing_ok=True)
 
 
-def _restore_list(ctx: LoadContext, table: str | None,
-                  toc_filter: Callable[[list[toc.TocEntry], LoadContext], list[toc.TocEntry]] | None) -> Path:
-    """Read the archive's table of contents and write the `--use-list` file for this restore."""
+def _select_entries(ctx: LoadContext, table: str | None) -> list[toc.TocEntry]:
+    """The archive's entries, or those ``table`` needs (NotFound when the backup has no such
+    table); reads only the archive, never the destination."""
     backup = ctx.backup
     slots: tuple[archive.TocSlot, ...] | None = None  # the archive's own TOC, with dependencies
     try:
@@ -531,8 +530,10 @@ def _restore_list(ctx: LoadContext, table: str | None,
                 entries = [e for e in entries if e.desc not in ("SCHEMA", "TYPE", "DOMAIN", "FUNCTION")]
         if not any(e.desc == "TABLE" for e in entries):
             raise NotFound(f"table {schema}.{name} is not in backup {backup.id}")
-    if toc_filter is not None:
-        entries = toc_filter(entries, ctx)
+    return entries
+
+
+def _write_list(entries: list[toc.TocEntry]) -> Path:
     fd, path = tempfile.mkstemp(prefix="backupbot-", suffix=".list")
     with os.fdopen(fd, "w") as f:
         f.write(toc.list_file(entries))

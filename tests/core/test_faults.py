@@ -632,3 +632,21 @@ def test_a_safety_backup_failing_on_something_unexpected_still_says_the_restore_
         services.restore(RestoreRequest(backup.id, mode="in-place"), actor="t", source="cli")
     assert err.value.message.startswith("the safety backup of prod failed, so the restore did not start and prod is "
                                         "unchanged: OSError"), err.value.message
+
+
+def test_a_profile_filter_does_not_delay_the_table_check_past_the_safety_backup(crm_db, make_services):
+    from bot.core import restore as restore_mod
+
+    # GIVEN a restore with a profile's TOC filter (as Supabase's) and a --table the backup lacks
+    services = make_services(crm_db)
+    backup = services.backup(actor="t", source="cli").backup
+    happened: list[str] = []
+    with pytest.raises(BackupbotError) as err:
+        restore_mod.restore(
+            request=RestoreRequest(backup.id, mode="in-place", table="crm.no_such_table"), backup=backup,
+            dest_url=crm_db, catalog=services.catalog, storages=services.storages, identity_file=None, bindir=None,
+            actor="t", source="cli", toc_filter=lambda entries, _ctx: happened.append("filter") or entries,
+            before_load=lambda: happened.append("safety backup"))
+    # THEN it refuses before the safety backup, and before the filter reads the destination
+    assert "crm.no_such_table is not in backup" in err.value.message
+    assert happened == []
