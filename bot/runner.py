@@ -60,9 +60,13 @@ def _hold_run_lock(settings: Settings) -> int:
     """One `backupbot run` per catalog: a second one would settle the first one's running
     restores as abandoned (freeing their backups for retention) and post and schedule everything
     twice. The lock is an flock on <catalog>.run.lock, released when the process ends."""
-    path = Path(f"{settings.catalog_path}.run.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Resolved: a symlinked or differently spelled BACKUPBOT_DB is still the same catalog.
+    path = Path(f"{Path(settings.catalog_path).resolve()}.run.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # the catalog's directory is not ours to write: neither is the catalog
+        raise BackupbotError(f"cannot create {path} beside the catalog: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -80,7 +84,14 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
     validate_slack_settings(settings, http=use_http)
     client = make_client(settings)
     check_slack(client)  # before anything is settled or started
-    run_lock = _hold_run_lock(settings)  # noqa: F841  # held (open) for the life of the process
+    run_lock = _hold_run_lock(settings)
+    try:
+        return _run_locked(settings, client, http=use_http, port=port, host=host)
+    finally:
+        os.close(run_lock)  # releases the lock
+
+
+def _run_locked(settings: Settings, client: Any, *, http: bool, port: int, host: str) -> int:
     services = build_services(settings)
     # Restores, drills and checks the bot itself started cannot still be running now that it
     # starts again; ones the CLI started (source "cli") may be, so they are left alone.
@@ -89,7 +100,7 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
             services.catalog.mark_abandoned_runs(kind=kind, source=source)
     app, ctx = create_app(settings, services, client=client)
     server = None
-    if use_http:  # bound before anything starts: a port in use is one line, with nothing to undo
+    if http:  # bound before anything starts: a port in use is one line, with nothing to undo
         from bot.server import make_server
 
         try:
