@@ -195,3 +195,17 @@ def test_a_prune_that_deleted_nothing_of_a_backup_says_so(crm_db, make_services,
     [result] = services.prune(dry_run=False, actor="t", source="cli")
     assert result.errors[old.id].endswith("Permission denied; nothing was deleted"), result.errors
     assert {c.destination: c.status for c in services.get_backup(old.id).copies} == {"local": "stored"}
+
+
+def test_prune_on_an_unmounted_backup_disk_records_nothing_deleted(crm_db, make_services, tmp_path):
+    # GIVEN two backups (the policy keeps one), then the backup disk unmounted: an empty mount point
+    services = make_services(crm_db, **S3_POLICY)
+    old, _new = (services.backup(actor="t", source="cli").backup for _ in range(2))
+    (tmp_path / "backups").rename(tmp_path / "the-disk")
+    (tmp_path / "backups").mkdir()
+    # WHEN pruning
+    [result] = services.prune(dry_run=False, actor="t", source="cli")
+    # THEN the older backup is not recorded as deleted while its files are still on that disk
+    assert result.deleted == [] and "is not there (an unmounted disk?)" in result.errors[old.id]
+    assert {c.destination: c.status for c in services.get_backup(old.id).copies} == {"local": "stored"}
+    assert (tmp_path / "the-disk" / "prod" / f"{old.id}.dump.zst").exists()

@@ -195,6 +195,11 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        if not path.parent.is_dir():
+            # As for reading: the folder gone (an unmounted disk) is not the copy deleted; saying
+            # so would have the catalog record as deleted what is still on that disk.
+            raise StorageError(f"could not delete {path}: the folder {path.parent} is not there (an unmounted "
+                               f"disk?); if those backups are really gone, create it (mkdir -p {path.parent})")
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
