@@ -256,6 +256,23 @@ def _targets_from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Ta
     return targets, data.get("default_target")
 
 
+def _same_database(a: str, b: str) -> bool:
+    """Whether two connection URLs name the same database (host, port, database, user), however
+    spelled: postgres:// or postgresql://, a default port left out, a password or options added."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    def key(url: str) -> tuple[str, str, str, str]:
+        d = conninfo_to_dict(url)
+        user = str(d.get("user") or "")
+        return (str(d.get("host") or "localhost").lower(), str(d.get("port") or "5432"),
+                str(d.get("dbname") or user), user)
+
+    try:
+        return key(a) == key(b)
+    except Exception:  # not parseable: only the very same text is the same database
+        return a == b
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
 ) -> Settings:
@@ -280,12 +297,15 @@ def load_settings(
             raise ConfigError(f"must be auto, supabase or plain, got {profile!r}", "BACKUP_PROFILE")
         excl = r.str("EXCLUDE_SCHEMAS")
         if targets:  # a targets file: DATABASE_URL may only be one of its targets' URL
-            if not any(t.database_url == url for t in targets.values()):
+            matching = [t.name for t in targets.values() if _same_database(t.database_url, url)]
+            if matching:  # the one it describes is the default, unless the file or BACKUP_DEFAULT_TARGET says
+                default_target = default_target or (name if name in matching else matching[0])
+            else:
                 # Likely a copied .env.example beside the file: it would either be ignored or add
                 # a target backed up (and alerted about) every night. Say so instead of guessing.
                 raise ConfigError(f"DATABASE_URL is set, but no target in BACKUPBOT_CONFIG ({', '.join(targets)}) "
-                                  "uses it: give it to one there (database_url_env = \"DATABASE_URL\"), or unset "
-                                  "DATABASE_URL", "DATABASE_URL")
+                                  "is that database: give it to one there (database_url_env = \"DATABASE_URL\"), "
+                                  "or unset DATABASE_URL", "DATABASE_URL")
         else:
             targets[name] = Target(
                 name=name,

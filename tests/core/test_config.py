@@ -64,7 +64,8 @@ def test_database_url_beside_a_targets_file_is_refused_rather_than_adding_a_targ
     for target in ("default", "prod"):  # an extra target, or one whose URL would be ignored
         with pytest.raises(ConfigError) as err:
             load_settings({**env, "BACKUP_TARGET": target}, env_file=None)
-        assert "DATABASE_URL is set, but no target in BACKUPBOT_CONFIG (prod, staging) uses it" in err.value.message
+        assert "DATABASE_URL is set, but no target in BACKUPBOT_CONFIG (prod, staging) is that database" in \
+            err.value.message
         assert "change-me" not in err.value.message
     # AND the form the message suggests works, with no extra target
     cfg.write_text('[targets.prod]\ndatabase_url_env = "DATABASE_URL"\n[targets.staging]\n'
@@ -72,6 +73,13 @@ def test_database_url_beside_a_targets_file_is_refused_rather_than_adding_a_targ
     settings = load_settings(env, env_file=None)
     assert sorted(settings.targets) == ["prod", "staging"]
     assert settings.targets["prod"].database_url == env["DATABASE_URL"]
+    # AND the same database spelled another way (scheme, default port, a password .pgpass would
+    # give, options) is that target, which becomes the default, as BACKUP_TARGET says
+    cfg.write_text('[targets.staging]\ndatabase_url = "postgresql://s@staging/crm"\n'
+                   '[targets.prod]\ndatabase_url = "postgresql://app@db.internal/crm"\n')
+    for spelling in ("postgres://app:secret@db.internal:5432/crm?sslmode=require", "postgresql://app@db.internal/crm"):
+        settings = load_settings({**env, "DATABASE_URL": spelling, "BACKUP_TARGET": "prod"}, env_file=None)
+        assert sorted(settings.targets) == ["prod", "staging"] and settings.default_target == "prod"
 
 
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path):
