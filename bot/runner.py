@@ -84,11 +84,10 @@ def run_bot(settings: Settings, *, http: bool, port: int, host: str = "0.0.0.0")
     validate_slack_settings(settings, http=use_http)
     client = make_client(settings)
     check_slack(client)  # before anything is settled or started
-    run_lock = _hold_run_lock(settings)
-    try:
-        return _run_locked(settings, client, http=use_http, port=port, host=host)
-    finally:
-        os.close(run_lock)  # releases the lock
+    # Held until the process ends, not until this returns: jobs still running (a restore, a
+    # drill) finish in their threads after the shutdown, and must stay protected meanwhile.
+    _hold_run_lock(settings)
+    return _run_locked(settings, client, http=use_http, port=port, host=host)
 
 
 def _run_locked(settings: Settings, client: Any, *, http: bool, port: int, host: str) -> int:
