@@ -269,7 +269,10 @@ def _backup(settings: Settings, target: Target, catalog: Catalog, storages: Sequ
         except BackupbotError as exc:
             failed[name] = f"stored the dump but not its manifest: {exc.message}"
             for key in (keys["dump"], keys["roles"]):
-                by_name[name].delete(key)
+                try:
+                    by_name[name].delete(key)
+                except BackupbotError as gone:  # (its folder vanished, say): the copy is failed regardless
+                    log.warning("could not remove %s from %s: %s", key, name, gone.message)
             del stored[name]
     if not stored:
         raise StorageError("no destination stored the backup: " + "; ".join(f"{d}: {e}" for d, e in failed.items()))

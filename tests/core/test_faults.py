@@ -650,3 +650,23 @@ def test_a_profile_filter_does_not_delay_the_table_check_past_the_safety_backup(
     # THEN it refuses before the safety backup, and before the filter reads the destination
     assert "crm.no_such_table is not in backup" in err.value.message
     assert happened == []
+
+
+def test_a_local_folder_vanishing_mid_backup_fails_that_copy_only(crm_db, make_services, s3_bucket, tmp_path,
+                                                                  monkeypatch):
+    import shutil
+
+    # GIVEN local and S3 destinations, and the local folder vanishing while the manifest is written
+    services = make_services(crm_db, S3_BUCKET=s3_bucket.bucket, S3_ENDPOINT_URL=s3_bucket.endpoint_url or "",
+                             S3_REGION="us-east-1")
+    local = next(s for s in services.storages if s.name == "local")
+
+    def vanish(key: str, data: bytes):
+        shutil.rmtree(tmp_path / "backups" / "prod")
+        raise StorageError(f"could not write {key}: the disk went away")
+
+    monkeypatch.setattr(local, "put_bytes", vanish)
+    # WHEN backing up THEN the S3 copy is recorded and the local one reported failed, with its reason
+    outcome = services.backup(actor="t", source="cli")
+    assert {c.destination: c.status for c in outcome.backup.copies} == {"local": "failed", "s3": "stored"}
+    assert "stored the dump but not its manifest: could not write" in outcome.failed_copies["local"]
