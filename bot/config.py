@@ -257,20 +257,29 @@ def _targets_from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Ta
 
 
 def _same_database(a: str, b: str) -> bool:
-    """Whether two connection URLs name the same database (host, port, database, user), however
-    spelled: postgres:// or postgresql://, a default port left out, a password or options added."""
+    """Whether two connection URLs name the same database however spelled (postgres:// or
+    postgresql://, a default port left out, a password or options added). What a URL leaves out
+    is filled in as libpq would (PGHOST, PGPORT, PGUSER, PGDATABASE, its compiled defaults); a
+    URL naming a service is the same only as the very same text."""
+    from psycopg import pq
     from psycopg.conninfo import conninfo_to_dict
 
-    def key(url: str) -> tuple[str, str, str, str]:
-        d = conninfo_to_dict(url)
-        user = str(d.get("user") or "")
-        return (str(d.get("host") or "localhost").lower(), str(d.get("port") or "5432"),
-                str(d.get("dbname") or user), user)
+    defaults = {o.keyword.decode(): o.val.decode() for o in pq.Conninfo.get_defaults() if o.val is not None}
+
+    def key(url: str) -> tuple[str, ...] | None:
+        given = {k: str(v) for k, v in conninfo_to_dict(url).items() if v not in (None, "")}
+        if "service" in given:
+            return None
+        d = {**defaults, **given}
+        user = d.get("user", "")
+        return (d.get("host", "").rstrip("/").lower(), d.get("hostaddr", ""), d.get("port", "5432"),
+                d.get("dbname") or user, user)
 
     try:
-        return key(a) == key(b)
+        ka, kb = key(a), key(b)
     except Exception:  # not parseable: only the very same text is the same database
         return a == b
+    return a == b if ka is None or kb is None else ka == kb
 
 
 def load_settings(

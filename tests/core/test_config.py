@@ -118,3 +118,22 @@ def test_an_encryption_recipient_that_is_not_a_valid_age_key_is_refused_at_start
     for bad in ("age1garbage", good[:-1] + ("q" if good[-1] != "q" else "p"), "ssh-ed25519 AAAA"):
         with pytest.raises(ConfigError, match=r"age public key .*\(ENCRYPTION_RECIPIENTS\)"):
             load_settings({**env, "ENCRYPTION_RECIPIENTS": bad}, env_file=None)
+
+
+def test_database_urls_that_only_look_alike_are_not_the_same_database(tmp_path, monkeypatch):
+    # GIVEN a targets file whose prod is on localhost, and libpq defaults that point elsewhere
+    cfg = tmp_path / "backupbot.toml"
+    cfg.write_text('[targets.prod]\ndatabase_url = "postgresql://app@localhost/crm"\n')
+    for var in ("PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGHOST", "staging.internal")
+    # WHEN DATABASE_URL leaves the host to libpq (which would reach staging), or names a service
+    for url in ("postgresql://app@/crm", "postgresql://?service=staging"):
+        # THEN it is not taken for prod (its own database would be silently ignored): refused
+        with pytest.raises(ConfigError, match="no target in BACKUPBOT_CONFIG \\(prod\\) is that database"):
+            load_settings({"BACKUPBOT_CONFIG": str(cfg), "DATABASE_URL": url}, env_file=None)
+    # AND with the same host spelled out, it is prod
+    settings = load_settings({"BACKUPBOT_CONFIG": str(cfg), "DATABASE_URL": "postgres://app:pw@localhost:5432/crm"},
+                             env_file=None)
+    assert list(settings.targets) == ["prod"]
+
