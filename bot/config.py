@@ -257,23 +257,24 @@ def _targets_from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Ta
 
 
 def _same_database(a: str, b: str) -> bool:
-    """Whether two connection URLs name the same database however spelled (postgres:// or
-    postgresql://, a default port left out, a password or options added). What a URL leaves out
-    is filled in as libpq would (PGHOST, PGPORT, PGUSER, PGDATABASE, its compiled defaults); a
-    URL naming a service is the same only as the very same text."""
-    from psycopg import pq
+    """Whether two connection URLs name the same database however spelled: postgres:// or
+    postgresql://, the default port 5432 written out or not, a password or options added. Only
+    URLs that spell out one host and the user compare so; any other (a service, hostaddr, several
+    hosts, a part left to PGHOST/PGPORT/PGUSER/PGDATABASE or libpq's defaults) is the same only
+    as the very same text: a wrong "same" would silently ignore DATABASE_URL."""
     from psycopg.conninfo import conninfo_to_dict
 
-    defaults = {o.keyword.decode(): o.val.decode() for o in pq.Conninfo.get_defaults() if o.val is not None}
-
-    def key(url: str) -> tuple[str, ...] | None:
-        given = {k: str(v) for k, v in conninfo_to_dict(url).items() if v not in (None, "")}
-        if "service" in given:
+    def key(url: str) -> tuple[str, str, str, str] | None:
+        given = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+        host, user = given.get("host", ""), given.get("user", "")
+        if not host or not user or "," in host or "service" in given or "hostaddr" in given:
             return None
-        d = {**defaults, **given}
-        user = d.get("user", "")
-        return (d.get("host", "").rstrip("/").lower(), d.get("hostaddr", ""), d.get("port", "5432"),
-                d.get("dbname") or user, user)
+        port = given.get("port") or ("" if os.environ.get("PGPORT") else "5432")
+        dbname = given.get("dbname") or ("" if os.environ.get("PGDATABASE") else user)
+        if not port or not dbname:
+            return None
+        # Host names ignore case; a socket directory does not. Database and user names are exact.
+        return (host if host.startswith("/") else host.lower(), port, dbname, user)
 
     try:
         ka, kb = key(a), key(b)

@@ -127,8 +127,10 @@ def test_database_urls_that_only_look_alike_are_not_the_same_database(tmp_path, 
     for var in ("PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PGHOST", "staging.internal")
-    # WHEN DATABASE_URL leaves the host to libpq (which would reach staging), or names a service
-    for url in ("postgresql://app@/crm", "postgresql://?service=staging"):
+    # WHEN DATABASE_URL leaves the host to libpq (which would reach staging), names a service,
+    # or a socket directory spelled differently
+    for url in ("postgresql://app@/crm", "postgresql://app@localhost/crm?service=staging",
+                "postgresql://app@%2Ftmp%2FPG/crm", "postgresql://app@/crm?host="):
         # THEN it is not taken for prod (its own database would be silently ignored): refused
         with pytest.raises(ConfigError, match="no target in BACKUPBOT_CONFIG \\(prod\\) is that database"):
             load_settings({"BACKUPBOT_CONFIG": str(cfg), "DATABASE_URL": url}, env_file=None)
@@ -137,3 +139,19 @@ def test_database_urls_that_only_look_alike_are_not_the_same_database(tmp_path, 
                              env_file=None)
     assert list(settings.targets) == ["prod"]
 
+
+
+def test_same_database_compares_spellings_not_guesses(monkeypatch):
+    from bot.config import _same_database
+
+    for var in ("PGPORT", "PGDATABASE"):
+        monkeypatch.delenv(var, raising=False)
+    # the same database, spelled differently
+    assert _same_database("postgres://app:pw@DB.internal:5432/crm?sslmode=require", "postgresql://app@db.internal/crm")
+    # not the same, or not knowable from the text: a wrong "same" would ignore DATABASE_URL
+    assert not _same_database("postgresql://app@localhost/crm?service=staging", "postgresql://app@localhost/crm")
+    assert not _same_database("postgresql://app@%2Ftmp%2FPG/crm", "postgresql://app@%2Ftmp%2Fpg/crm")
+    assert not _same_database("postgresql://app@/crm?host=", "postgresql://app@staging/crm")
+    assert not _same_database("postgresql://app@db/crm", "postgresql://app@db/Crm")
+    monkeypatch.setenv("PGPORT", "5433")
+    assert not _same_database("postgresql://app@db/crm", "postgresql://app@db:5432/crm")
