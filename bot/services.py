@@ -316,7 +316,7 @@ class Services:
         # or missing since must not count towards RETENTION_MIN_VERIFIED, nor fill a bucket.
         candidates = []
         for b in backups:
-            intact = frozenset(c.destination for c in b.copies if c.status in INTACT_COPY)
+            intact = frozenset(c.destination for c in b.copies if c.status == "stored")
             candidates.append(retention.Candidate(b.id, b.created_at, b.verified and bool(intact), b.tags,
                                                   restorable=bool(intact), destinations=intact))
         decision = retention.select(candidates, self.settings.retention, self.settings.tz, self.clock())
@@ -399,9 +399,6 @@ class Services:
                 log.warning("cannot measure %s: %s", s.describe(), exc.message)
                 usage[s.describe()] = {"used": None, "free": None}
         return usage
-
-
-INTACT_COPY = ("stored", "verified")  # copy statuses that can still be restored from
 
 
 def _undeletable(backup: Backup, by_name: dict[str, Storage]) -> str | None:

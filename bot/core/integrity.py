@@ -27,7 +27,7 @@ ALERT_REPEAT = timedelta(days=6)  # a weekly check: repeat an unresolved finding
 class Finding:
     target: str
     backup_id: str
-    kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy) | "moved" | "unreadable" (not readable right now)
+    kind: str  # "missing" | "corrupt" | "disagree" | "key" (our age key cannot open an intact copy) | "unreadable" (not readable right now)
     # | "moved" (recorded where the destination's settings no longer point)
     text: str
 
@@ -85,34 +85,27 @@ def check_integrity(services: Services, *, actor: str = "backupbot", source: str
     run_id = services.catalog.start_run("integrity", target, actor, source, {"targets": names})
     for name in names:
         for backup in services.catalog.list(target=name):
-            found: list[Finding] = []
-            copies = 0
+            # Retention may delete a backup while this runs (a scheduled backup's prune): its
+            # copies vanishing then is the policy at work, not a fault to alarm anybody about.
             try:
                 results = services.verify(backup.id, actor=actor, source=source, notify=False)
+            except NotFound:  # deleted before its turn
+                continue
             except BackupbotError as exc:
-                results = None
-                found.append(Finding(name, backup.id, "corrupt", exc.message))
-            if results is not None:
-                copies = len(results)
-                if not results:
-                    found.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
-                for r in results:
-                    if not r.ok:
-                        kind = ("key" if r.key_problem else "moved" if r.moved else "unreadable" if r.unreachable
-                                else "missing" if "missing" in (r.error or "") else "corrupt")
-                        found.append(Finding(name, backup.id, kind, f"{r.destination}: {r.error}"))
-                try:
-                    refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
-                except NotFound:  # deleted by retention meanwhile (see below)
-                    continue
-                found += [Finding(name, backup.id, "disagree", text) for text in disagreements(refreshed)]
-            # Retention may delete a backup while this runs (a scheduled backup's prune): its copies
-            # vanishing then is the policy at work, not a fault to alarm anybody about.
-            if services.catalog.was_deleted(backup.id):
+                report.checked_backups += 1
+                report.findings.append(Finding(name, backup.id, "corrupt", exc.message))
+                continue
+            try:
+                refreshed = services.catalog.get(backup.id)  # verify recorded each copy's status
+            except NotFound:  # deleted while it was read
                 continue
             report.checked_backups += 1
-            report.checked_copies += copies
-            report.findings += found
+            report.checked_copies += len(results)
+            if not results:
+                report.findings.append(Finding(name, backup.id, "missing", "no stored copy to verify"))
+            report.findings += [Finding(name, backup.id, r.kind, f"{r.destination}: {r.error}")
+                                for r in results if not r.ok]
+            report.findings += [Finding(name, backup.id, "disagree", text) for text in disagreements(refreshed)]
     services.catalog.finish_run(run_id, "ok" if report.ok else "failed", details=report.as_json(),
                                 error=None if report.ok else f"{len(report.findings)} problem(s)")
     return report

@@ -156,8 +156,8 @@ def select(
 
         for cid, label in _buckets(past, count, label_of).items():
             reasons.setdefault(cid, []).append(f"{prefix} {label}")
-    for c in newest_first:
-        if PRE_RESTORE_TAG in c.tags and c.created_at <= now and now - c.created_at < PRE_RESTORE_GRACE:
+    for c in past:
+        if PRE_RESTORE_TAG in c.tags and now - c.created_at < PRE_RESTORE_GRACE:
             keep(c, "pre-restore")
 
     # Future backups (a skewed clock) do not count: the real restore points must reach the minimum.

@@ -14,7 +14,7 @@ from bot.core.catalog import Backup, Catalog
 from bot.core.codec import DecryptError, HashingReader, ProcessSink, decode, load_identities
 from bot.core.pgtools import Command
 from bot.core.storage.base import Storage
-from bot.errors import BackupbotError, IntegrityError, NotFound, StorageError
+from bot.errors import BackupbotError, IntegrityError, NotFound
 
 
 @dataclass
@@ -29,11 +29,24 @@ class CopyCheck:
     moved: bool = False  # not where the settings now look, but recorded elsewhere: nothing said either
     unreachable: bool = False  # could not be read now (network, permissions, unmounted): nothing said either
 
+    @property
+    def kind(self) -> str:
+        """"ok", or what is wrong: "key", "moved" or "unreadable" (nothing said about the copy
+        itself), "missing" or "corrupt" (the copy's own fault, recorded against it)."""
+        if self.ok:
+            return "ok"
+        if self.key_problem:
+            return "key"
+        if self.moved:
+            return "moved"
+        if self.unreachable:
+            return "unreadable"
+        return "missing" if "missing" in (self.error or "") else "corrupt"
 
-def moved_from(backup: Backup, storage: Storage, *, raising: bool = False) -> str | None:
+
+def moved_from(backup: Backup, storage: Storage) -> str | None:
     """When the destination's settings changed since the copy was stored (BACKUP_DIR, S3_BUCKET,
-    S3_PREFIX), the copy is not where the destination now looks: say where it was recorded
-    (``raising``: as a StorageError, for what must not act on the wrong place)."""
+    S3_PREFIX), the copy is not where the destination now looks: say where it was recorded."""
     copy = next((c for c in backup.copies if c.destination == storage.name), None)
     if copy is None or not copy.location:
         return None
@@ -43,12 +56,9 @@ def moved_from(backup: Backup, storage: Storage, *, raising: bool = False) -> st
         return None
     if now == copy.location:
         return None
-    msg = (f"the {storage.name} copy of {backup.id} was stored at {copy.location}, but {storage.name} now looks "
-           f"at {now} (BACKUP_DIR, S3_BUCKET or S3_PREFIX changed?): move the files there, or set the old value "
-           "again")
-    if raising:
-        raise StorageError(msg + "; nothing was deleted")
-    return msg
+    return (f"the {storage.name} copy of {backup.id} was stored at {copy.location}, but {storage.name} now looks "
+            f"at {now} (BACKUP_DIR, S3_BUCKET or S3_PREFIX changed?): move the files there, or set the old value "
+            "again")
 
 
 def open_copy(backup: Backup, storage: Storage, *, prefetch: bool = False) -> HashingReader:
@@ -192,7 +202,7 @@ def verify_backup(backup: Backup, storages: Sequence[Storage], catalog: Catalog,
     ok = bool(results) and all(r.ok for r in results)
     catalog.set_verify(
         backup.id, ok, "; ".join(r.error for r in results if r.error) or None,
-        {r.destination: ("stored" if r.ok else ("missing" if "missing" in (r.error or "") else "corrupt"), r.error)
+        {r.destination: ("stored" if r.ok else r.kind, r.error)
          for r in judged if r.destination in {c.destination for c in backup.copies}},
     )
     return results

@@ -164,12 +164,7 @@ class LocalStorage:
         try:
             return path.open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            if not path.parent.is_dir():
-                # Not one copy gone but the target's whole folder (an unmounted disk leaves an empty
-                # mount point; a wrong path): unreadable right now, which must not get every copy
-                # recorded as missing.
-                raise StorageError(f"could not read {path}: the folder {path.parent} is not there "
-                                   "(an unmounted disk?)") from None
+            _require_folder(path, "read")
             raise NotFound(f"no stored copy at {path}") from None
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc.strerror or exc}") from None
@@ -195,11 +190,7 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        if not path.parent.is_dir():
-            # As for reading: the folder gone (an unmounted disk) is not the copy deleted; saying
-            # so would have the catalog record as deleted what is still on that disk.
-            raise StorageError(f"could not delete {path}: the folder {path.parent} is not there (an unmounted "
-                               f"disk?); if those backups are really gone, create it (mkdir -p {path.parent})")
+        _require_folder(path, "delete")
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
@@ -240,6 +231,15 @@ class LocalStorage:
             return shutil.disk_usage(path).free
         except OSError:
             return None
+
+
+def _require_folder(path: Path, verb: str) -> None:
+    """A copy's whole folder gone (an unmounted disk leaves an empty mount point; a wrong path)
+    is not the copy missing or deleted: reading or deleting there is an error, so that the
+    catalog never records as missing or deleted what may still be on that disk."""
+    if not path.parent.is_dir():
+        raise StorageError(f"could not {verb} {path}: the folder {path.parent} is not there (an unmounted disk?); "
+                           f"if those backups are really gone, create it (mkdir -p {path.parent})")
 
 
 def _unlocked(path: Path) -> bool | None:
