@@ -18,7 +18,7 @@ from bot import cli_schedules
 from bot.config import Settings, load_settings
 from bot.core.redact import install_log_redaction, redact
 from bot.errors import BackupbotError, ConfigError, Terminated
-from bot.render.common import human_bytes
+from bot.render.common import human_bytes, local_time
 
 log = logging.getLogger("backupbot")
 
@@ -90,7 +90,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'ID':<34} {'CREATED (' + settings.timezone + ')':<26} {'SIZE':>10}  {'VERIFIED':<10} COPIES")
     for b in backups:
         copies = ",".join(f"{c.destination}:{c.status}" for c in b.copies)
-        created = f"{b.created_at.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+        created = local_time(b.created_at, tz, "%Y-%m-%d %H:%M:%S %Z")
         print(f"{b.id:<34} {created:<26} {human_bytes(b.size_bytes):>10}  "
               f"{b.verify_status:<10} {copies}")
     return 0
@@ -180,9 +180,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     # Status reports the schedules and the checks they feed: a setting `backupbot run` would
     # refuse is one clear line here too (exit 2), not a report with sections missing.
-    ScheduleSettings.from_settings(settings)
+    sched = ScheduleSettings.from_settings(settings)
     report = gather_status(_services(settings), target=args.target,
-                           next_run=lambda: next_backup_from_config(settings))
+                           next_run=lambda: next_backup_from_config(settings, sched=sched))
     print(json.dumps(report.as_json(), indent=2) if args.json else status_text(report, settings.tz))
     return 0
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
+from bot.core.catalog import parse_iso
 from bot.core.checklist import (
     CADENCES,
     Change,
@@ -22,6 +23,7 @@ from bot.core.checklist import (
 from bot.core.evidence import Evidence
 from bot.core.jobs import ACTOR, Runtime
 from bot.render.checklist import checklist_message, layout, parse_block_id, reminder_message
+from bot.render.common import local_time
 
 log = logging.getLogger(__name__)
 _update_locks: dict[int, threading.Lock] = {}
@@ -174,9 +176,8 @@ def history_lines(rt: Runtime, limit: int = 30) -> list[str]:
         texts = {i.key: i.text for i in checklist.items}
         for item in checklist.items:
             tick = state.get(item.key)
-            mark = f"✓ {tick.user} {tick.at.astimezone(tz):%Y-%m-%d %H:%M %Z}" if tick else "☐"
+            mark = f"✓ {tick.user} {local_time(tick.at, tz)}" if tick else "☐"
             lines.append(f"  {mark}  {item.text}")
         for e in events:
-            at = datetime.fromisoformat(e["at"].replace("Z", "+00:00")).astimezone(tz)
-            lines.append(f"    {at:%Y-%m-%d %H:%M %Z} {e['user']} {e['action']}ed {texts.get(e['item_key'], e['item_key'])}")
+            lines.append(f"    {local_time(parse_iso(e['at']), tz)} {e['user']} {e['action']}ed {texts.get(e['item_key'], e['item_key'])}")
     return lines

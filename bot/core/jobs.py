@@ -163,8 +163,7 @@ def catch_up(rt: Runtime) -> list[str]:
         slot = missed_backup(rt, target, now)
         if slot is None:
             continue
-        missed = (f"⏰ Catch-up: the scheduled backup of *{target}* due "
-                  f"{local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not run (backupbot was not running).")
+        missed = _missed_text(rt, f"scheduled backup of *{target}*", slot)
         ts = rt.poster.post(f"{missed} Taking it now.")
         try:
             _backup_then_report(rt, target, catch_up=True)
@@ -209,8 +208,12 @@ def catch_up_checks(rt: Runtime) -> list[str]:
 
 
 def _announce_catch_up(rt: Runtime, what: str, slot: datetime) -> None:
-    rt.poster.post(f"⏰ Catch-up: the {what} due {local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not "
-                   "run (backupbot was not running). Running it now.")
+    rt.poster.post(f"{_missed_text(rt, what, slot)} Running it now.")
+
+
+def _missed_text(rt: Runtime, what: str, slot: datetime) -> str:
+    return (f"⏰ Catch-up: the {what} due {local_time(slot, rt.sched.tz, '%a %d %b %H:%M %Z')} did not run "
+            "(backupbot was not running).")
 
 
 # -- checks -----------------------------------------------------------------------------------

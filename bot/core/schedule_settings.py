@@ -72,7 +72,6 @@ class ScheduleSettings:
     items: tuple[Item, ...] = checklist.DEFAULT_ITEMS
     max_backup_age: timedelta = timedelta(hours=26)
     stale_alert_repeat: timedelta = timedelta(hours=6)
-    heartbeat_url: str | None = field(default=None, repr=False)
     growth_alert_percent: float = 20.0
     disk_free_min: DiskThreshold = DiskThreshold(min_percent=10.0)
     integrity_schedule: str | None = "0 4 * * 0"
@@ -139,7 +138,7 @@ class ScheduleSettings:
             supabase = SupabaseApi(ref, token, api_url.rstrip("/"))
 
         overrides = checklist.parse_items(file_data, str(path)) if path else {}
-        heartbeat = heartbeat_url(env)
+        heartbeat_url(env)  # validated here (`run` refuses a bad one); read by services when pinging
 
         return cls(
             timezone=timezone,
@@ -152,7 +151,6 @@ class ScheduleSettings:
             items=checklist.merge_items(overrides, supabase=supabase is not None),
             max_backup_age=_positive(get("MAX_BACKUP_AGE") or "26h", "MAX_BACKUP_AGE"),
             stale_alert_repeat=_positive(get("STALE_ALERT_REPEAT") or "6h", "STALE_ALERT_REPEAT"),
-            heartbeat_url=heartbeat,
             growth_alert_percent=_percent(get("DB_GROWTH_ALERT_PERCENT") or "20", "DB_GROWTH_ALERT_PERCENT"),
             disk_free_min=parse_disk_threshold(get("DISK_FREE_MIN") or "10%", "DISK_FREE_MIN"),
             integrity_schedule=_optional_cron(get("INTEGRITY_SCHEDULE"), "0 4 * * 0", "INTEGRITY_SCHEDULE", timezone),

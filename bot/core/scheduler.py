@@ -139,10 +139,11 @@ def next_backup_run(scheduler: BackgroundScheduler) -> str | None:
     return iso(min(times)) if times else None
 
 
-def next_backup_from_config(settings: Settings, now: datetime | None = None) -> str | None:
+def next_backup_from_config(settings: Settings, now: datetime | None = None,
+                            sched: ScheduleSettings | None = None) -> str | None:
     """ISO time of the next scheduled backup computed from the configuration alone (for
     `backupbot status`, which runs without the bot's scheduler)."""
-    sched = ScheduleSettings.from_settings(settings)
+    sched = sched or ScheduleSettings.from_settings(settings)
     now = now or datetime.now(sched.tz)
     times = [t for s in job_specs(settings, sched) if s.target
              for t in [s.trigger.get_next_fire_time(None, now)] if t is not None]
