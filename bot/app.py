@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,10 +163,16 @@ class AppContext:
             self._seen[key] = now
             return True
 
-    def audit(self, action: str, user_id: str, **details: Any) -> None:
-        self.core.catalog.audit(action, actor=user_id, source="slack",
-                                target=details.pop("target", None), backup_id=details.pop("backup_id", None),
-                                details=details)
+    def audit(self, event: str, user_id: str, /, *, then: Callable[[], Any] | None = None, **details: Any) -> None:
+        """One audit event. ``then``: what tells the user (a refusal): run after the record, so the
+        audit log holds it by the time they read the answer, and run even when the record fails."""
+        try:
+            self.core.catalog.audit(event, actor=user_id, source="slack",
+                                    target=details.pop("target", None), backup_id=details.pop("backup_id", None),
+                                    details=details)
+        finally:
+            if then is not None:
+                then()
 
     def shared(self, name: str, factory: Any) -> Any:
         """The app's one instance of a helper (runner, alert poster…), made on first use at

@@ -204,12 +204,10 @@ def register(app: Any, ctx: Any) -> None:
         if not ctx.first_time(f"action:{body.get('trigger_id')}"):
             return  # Slack re-sent the same click
         if not ctx.is_operator(user):
-            try:  # recorded before the user is told, told even when the record fails
-                ctx.audit("slack.refused", user, action=RETRY_ACTION, reason="not an operator")
-            finally:
-                respond(response_type="ephemeral", replace_original=False,
-                        text="Only backup operators may press Retry (BACKUP_OPERATORS)."
-                             + ctx.lookup_note(ctx.settings.slack.operators))
+            ctx.audit("slack.refused", user, action=RETRY_ACTION, reason="not an operator",
+                      then=lambda: respond(response_type="ephemeral", replace_original=False,
+                                           text="Only backup operators may press Retry (BACKUP_OPERATORS)."
+                                                + ctx.lookup_note(ctx.settings.slack.operators)))
             return
         try:
             value = json.loads(action.get("value") or "{}")

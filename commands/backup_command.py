@@ -21,28 +21,24 @@ def register(app: Any, ctx: Any) -> None:
             ack()
             return
         if not ctx.channel_allowed(inv.channel_id):
-            try:  # recorded before the user is told (a fast local write, well inside the ack's 3 s)
-                ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="channel", channel=inv.channel_id)
-            finally:
-                ack(text=f"backupbot works in <#{ctx.settings.slack.channel}>; run `/backup` there.")
+            # Recorded before the user is told: a fast local write, well inside the ack's 3 s.
+            ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="channel", channel=inv.channel_id,
+                      then=lambda: ack(text=f"backupbot works in <#{ctx.settings.slack.channel}>; run `/backup` there."))
             return
         sub = ctx.router.subcommands.get(inv.sub)
         if sub is None:
-            try:
-                ctx.audit("slack./backup", inv.user_id, command=inv.text, result="usage")
-            finally:
-                ack(**usage_message(ctx.router, problem=f"unknown subcommand `{inv.sub}`" if inv.sub != "help" else None))
+            problem = f"unknown subcommand `{inv.sub}`" if inv.sub != "help" else None
+            ctx.audit("slack./backup", inv.user_id, command=inv.text, result="usage",
+                      then=lambda: ack(**usage_message(ctx.router, problem=problem)))
             return
         # Ack before the permission check: resolving a user group is a Web API call that a rate
         # limit (Retry-After) can stretch past Slack's 3-second bound for the ack.
         ack()
         if sub.operators_only and not ctx.is_operator(inv.user_id):
-            try:  # recorded before the user is told, told even when the record fails
-                ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator")
-            finally:
-                respond(text=f"Only backup operators may run `/backup {sub.name}` (BACKUP_OPERATORS)."
-                             + ctx.lookup_note(ctx.settings.slack.operators),
-                        response_type="ephemeral")
+            ctx.audit("slack.refused", inv.user_id, command=inv.text, reason="not an operator",
+                      then=lambda: respond(text=f"Only backup operators may run `/backup {sub.name}` "
+                                                "(BACKUP_OPERATORS)." + ctx.lookup_note(ctx.settings.slack.operators),
+                                           response_type="ephemeral"))
             return
         ctx.audit(f"slack./backup {sub.name}", inv.user_id, command=inv.text, channel=inv.channel_id)
         try:

@@ -84,11 +84,9 @@ def register(app: Any, ctx: Any) -> None:
         ctx.notifier.ephemeral(user, text, channel=channel, thread_ts=thread)
 
     def refuse(click: Click, request: ApprovalRequest | None, action: str, reason: str, text: str) -> None:
-        try:  # recorded before the user is told, told even when the record fails
-            flow.audit("restore_request.refused", click.user, request, attempt=action, reason=reason,
-                       **({} if request else {"request_id": click.request_id}))
-        finally:
-            tell(click.user, text, request, click)
+        flow.audit("restore_request.refused", click.user, request, attempt=action, reason=reason,
+                   then=lambda: tell(click.user, text, request, click),
+                   **({} if request else {"request_id": click.request_id}))
 
     def not_approver(click: Click, request: ApprovalRequest | None, action: str) -> None:
         who = ", ".join(mention(a) for a in ctx.settings.slack.restore_approvers) or "nobody (RESTORE_APPROVERS is empty)"
@@ -100,19 +98,14 @@ def register(app: Any, ctx: Any) -> None:
         try:
             req = parse_request(inv.args)
         except ValueError as exc:
-            try:
-                flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=str(exc),
-                           command=inv.text)
-            finally:
-                respond(text=f":x: {exc}\nUsage: `/backup {USAGE}`", response_type="ephemeral")
+            usage = f":x: {exc}\nUsage: `/backup {USAGE}`"
+            flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=str(exc), command=inv.text,
+                       then=lambda: respond(text=usage, response_type="ephemeral"))
             return
         problem = flow.request_problem(inv.user_id)
         if problem:
-            try:
-                flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=problem,
-                           backup_id=req.backup_id)
-            finally:
-                respond(text=f":x: {problem}", response_type="ephemeral")
+            flow.audit("restore_request.refused", inv.user_id, attempt="request", reason=problem,
+                       backup_id=req.backup_id, then=lambda: respond(text=f":x: {problem}", response_type="ephemeral"))
             return
         respond(text=f":mag: Checking backup `{req.backup_id}`: re-reading its stored copies and their checksums "
                      "before asking for approval…", response_type="ephemeral")
@@ -198,12 +191,9 @@ def register(app: Any, ctx: Any) -> None:
             return
         # The typed name is checked before the ack: only the ack can keep the dialog open with an error.
         if typed != (request.confirm_text or request.target):
-            try:
-                flow.audit("restore_request.refused", user, request, attempt="approve",
-                           reason="confirmation_mismatch", typed=typed[:100])
-            finally:
-                ack(response_action="errors", errors={
-                    render.CONFIRM_BLOCK: f"That is not {request.confirm_text}. Type the target name exactly to confirm."})
+            errors = {render.CONFIRM_BLOCK: f"That is not {request.confirm_text}. Type the target name exactly to confirm."}
+            flow.audit("restore_request.refused", user, request, attempt="approve", reason="confirmation_mismatch",
+                       typed=typed[:100], then=lambda: ack(response_action="errors", errors=errors))
             return
         # Permission after the ack (which closes the dialog): resolving the approvers' user groups is
         # a Web API call that a rate limit can stretch past Slack's 3-second bound.

@@ -87,11 +87,9 @@ class RestoreFlow:
         core = self.ctx.core
 
         def refuse(reason: str, **details: Any) -> None:
-            try:  # recorded before the requester is told, told even when the record fails
-                self.audit("restore_request.refused", user, attempt="request", reason=redact(reason),
-                           backup_id=req.backup_id, **details)
-            finally:
-                respond(text=f":x: {reason}", response_type="ephemeral")
+            self.audit("restore_request.refused", user, attempt="request", reason=redact(reason),
+                       backup_id=req.backup_id, then=lambda: respond(text=f":x: {reason}", response_type="ephemeral"),
+                       **details)
 
         try:
             backup = core.get_backup(req.backup_id)

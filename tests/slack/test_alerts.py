@@ -83,6 +83,9 @@ def test_retry_is_for_operators_starts_one_backup_and_recovery_follows(slack_app
     h.click(CHANNEL, alert["ts"], RETRY_ACTION, "U0EVE", response_url=h.fake.response_url("eve"))
     refused = h.fake.wait_for_response("eve")[0].body
     assert "Only backup operators" in refused["text"] and refused["response_type"] == "ephemeral"
+    # and the refusal is in the audit log, with what was pressed
+    [audited] = h.services.catalog.audit_events(action="slack.refused")
+    assert audited["actor"] == "U0EVE" and RETRY_ACTION in str(audited["details"]), audited
     assert h.services.running("prod") is None
     # WHEN the database is back and an operator double-clicks Retry
     pg.create_database(name)
