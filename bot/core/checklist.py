@@ -223,13 +223,8 @@ class ChecklistStore:
         catalog.migrate()  # this module's tables, if the catalog was opened before the import
 
     def create(self, day: date, cadences: Sequence[str], items: Sequence[Item], evidence: Mapping[str, str],
-               *, now: datetime, created_by: str, only_if_new: bool = False) -> Checklist | None:
-        """``only_if_new``: None when the day already has a posted checklist (checked in the same
-        transaction as the insert)."""
+               *, now: datetime, created_by: str) -> Checklist:
         with self.catalog.tx() as db:
-            if only_if_new and next(db.query(
-                    "SELECT 1 FROM checklists WHERE day = ? AND ts IS NOT NULL", [day.isoformat()]), None):
-                return None
             table = db.table("checklists")  # last_pk lives on this Table object
             table.insert({"day": day.isoformat(), "cadences": ",".join(cadences),
                           "items": json.dumps([i.as_json() for i in items]), "evidence": json.dumps(dict(evidence)),

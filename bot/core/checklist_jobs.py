@@ -80,9 +80,7 @@ def _post_checklist(rt: Runtime, cadences: Sequence[str] | None, *, actor: str, 
         log.info("no checklist items due for %s (%s)", day, ",".join(chosen))
         return None
     evidence = gather_evidence(rt, (i.evidence for i in items), now)
-    checklist = s.create(day, chosen, items, evidence, now=now, created_by=actor, only_if_new=only_if_new)
-    if checklist is None:  # posted meanwhile by another process (callers in this one take turns)
-        return None
+    checklist = s.create(day, chosen, items, evidence, now=now, created_by=actor)
     msg = checklist_message(checklist, {}, rt.sched.tz)
     ts = rt.poster.post(msg["text"], msg["blocks"])
     if ts and rt.poster.channel:
